@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# All the set-up a fresh machine needs, idempotent: Debian packages, the Python environment with
+# the pinned dependencies (kubectl among them), and the lab's binaries built from Go modules.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+for pair in ip:iproute2 ss:iproute2 iptables:iptables sysctl:procps git:git; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=$(command -v python3.11 || command -v python3)
+"$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), "opslab needs Python 3.11"'
+if [ ! -x .venv/bin/python ]; then
+  step "creating the Python environment in .venv"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.opslab-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  step "installing opslab and its pinned dependencies"
+  .venv/bin/pip install --quiet --disable-pip-version-check --progress-bar off -e '.[test]'
+  touch "$stamp"
+fi
+
+command -v go >/dev/null 2>&1 || { echo "setup: Go >= 1.26 is needed to build the lab" >&2; exit 1; }
+step "building the lab's binaries (cached; the first build takes a while)"
+.venv/bin/opslab lab build

@@ -1,0 +1,160 @@
+"""The cluster's baseline: recorded once after `up`, restored by `reset`.
+
+The record is every object the lab's trainees could change, as it stood when the lab was
+first ready. `reset` deletes what was added since, recreates what was deleted, and restores
+what was changed; workloads whose pod template changed are recreated so that their rollout
+history starts over.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ApiException, NotFoundError
+
+TIMEOUT = 15
+# Kept by the control plane itself, or by owners that the garbage collector follows.
+SKIPPED_RESOURCES = {
+    ("", "events"), ("events.k8s.io", "events"), ("coordination.k8s.io", "leases"),
+    ("", "endpoints"), ("discovery.k8s.io", "endpointslices"), ("", "componentstatuses"),
+    ("apps", "controllerrevisions"), ("", "bindings"), ("resource.k8s.io", "resourceslices"),
+}
+SYSTEM_NAMESPACES = {"kube-system", "kube-public", "kube-node-lease"}
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
+SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields",
+                 "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
+
+
+def _key(obj: dict) -> str:
+    meta = obj["metadata"]
+    return f"{obj['apiVersion']}/{obj['kind']}/{meta.get('namespace', '')}/{meta['name']}"
+
+
+def _desired(obj: dict) -> dict:
+    """The object as a client would write it: no status, no server-kept metadata."""
+    obj = copy.deepcopy(obj)
+    obj.pop("status", None)
+    for name in SERVER_FIELDS:
+        obj["metadata"].pop(name, None)
+    return obj
+
+
+def _is_system(obj: dict) -> bool:
+    meta = obj["metadata"]
+    return (meta.get("namespace") in SYSTEM_NAMESPACES or meta["name"].startswith("system:")
+            or (meta.get("labels") or {}).get("kubernetes.io/bootstrapping") == "rbac-defaults"
+            or "apf.kubernetes.io/autoupdate-spec" in (meta.get("annotations") or {})
+            or meta["name"] in SYSTEM_NAMESPACES | {"default"} and obj["kind"] == "Namespace")
+
+
+def _resources(client: DynamicClient):
+    for resource in client.resources.search():
+        if not resource.name or "/" in resource.name or (resource.group, resource.name) in SKIPPED_RESOURCES:
+            continue
+        if not {"list", "create", "delete"} <= set(resource.verbs or ()):
+            continue
+        if resource.kind.endswith("List") or resource.kind.endswith("Review"):
+            continue
+        yield resource
+
+
+def _objects(client: DynamicClient) -> dict[str, tuple[object, dict]]:
+    """Every listable object that no owner keeps, by key."""
+    found = {}
+    for resource in _resources(client):
+        try:
+            items = resource.get(_request_timeout=TIMEOUT).to_dict().get("items", [])
+        except (ApiException, NotFoundError):
+            continue  # a resource served by an aggregated API that is not up
+        for item in items:
+            item.setdefault("apiVersion", resource.group_version)
+            item.setdefault("kind", resource.kind)
+            if not item["metadata"].get("ownerReferences"):
+                found[_key(item)] = (resource, item)
+    return found
+
+
+def _recorded(obj: dict) -> dict:
+    """What `reset` recreates: a node keeps its capacity, which only a create can set."""
+    desired = _desired(obj)
+    if obj["kind"] == "Node":
+        desired["status"] = {k: obj["status"][k] for k in ("capacity", "allocatable") if k in obj.get("status", {})}
+    return desired
+
+
+def record(client: DynamicClient, path: Path) -> int:
+    objects = {key: _recorded(obj) for key, (_, obj) in _objects(client).items()}
+    path.write_text(json.dumps(objects, indent=1, sort_keys=True))
+    return len(objects)
+
+
+def load(path: Path) -> dict[str, dict]:
+    return json.loads(path.read_text())
+
+
+def _resource_for(client: DynamicClient, obj: dict):
+    return client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+
+
+def _wait_gone(client: DynamicClient, pending: list[tuple[object, dict]], limit: float) -> list[str]:
+    deadline = time.monotonic() + limit
+    while pending and time.monotonic() < deadline:
+        still = []
+        for resource, obj in pending:
+            try:
+                resource.get(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"),
+                             _request_timeout=TIMEOUT)
+                still.append((resource, obj))
+            except NotFoundError:
+                pass
+        pending = still
+        if pending:
+            time.sleep(0.2)
+    return [_key(obj) for _, obj in pending]
+
+
+def restore(client: DynamicClient, baseline: dict[str, dict], wait: float = 60) -> dict[str, list[str]]:
+    """Bring the cluster back to `baseline`; returns what was deleted, created and restored."""
+    current = _objects(client)
+    report = {"deleted": [], "created": [], "restored": []}
+    to_delete, to_create = [], []
+    for key, (resource, obj) in current.items():
+        if key not in baseline:
+            if not _is_system(obj):
+                to_delete.append((resource, obj))
+            continue
+        want = baseline[key]
+        have = _desired(obj)
+        if obj["metadata"].get("deletionTimestamp"):
+            to_create.append(want)  # being deleted: wait for it, then recreate
+            to_delete.append((resource, obj))
+        elif have != _desired(want):
+            if obj["kind"] in WORKLOADS:
+                to_delete.append((resource, obj))
+                to_create.append(want)
+            else:
+                body = _desired(want)
+                body["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
+                resource.replace(body=body, _request_timeout=TIMEOUT)
+                report["restored"].append(key)
+    to_create += [want for key, want in baseline.items() if key not in current]
+    for resource, obj in to_delete:
+        try:
+            resource.delete(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"),
+                            body={"propagationPolicy": "Background"}, _request_timeout=TIMEOUT)
+        except NotFoundError:
+            pass
+        report["deleted"].append(_key(obj))
+    stuck = _wait_gone(client, to_delete, wait)
+    if stuck:
+        raise TimeoutError(f"still being deleted after {wait:.0f}s: {', '.join(stuck)}")
+    # Namespaces first, so that what lives in them can be created.
+    for want in sorted(to_create, key=lambda o: o["kind"] != "Namespace"):
+        _resource_for(client, want).create(body=want, namespace=want["metadata"].get("namespace"),
+                                           _request_timeout=TIMEOUT)
+        report["created"].append(_key(want))
+    return report

@@ -1,0 +1,108 @@
+"""`opslab lab build`: the lab's binaries from the official Go modules, pinned in gobuild/go.mod.
+
+Binaries are cached outside the checkout under a key made of the pins and the Go version, so
+they are rebuilt only when a pin (or Go itself) changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GOBUILD = Path(__file__).parent / "gobuild"
+
+# Binary name -> Go package; each pin and the Go version it needs is in gobuild/go.mod.
+BINARIES = {
+    "etcd": "go.etcd.io/etcd/server/v3",
+    "etcdctl": "go.etcd.io/etcd/etcdctl/v3",
+    "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+    "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+    "kwok": "sigs.k8s.io/kwok/cmd/kwok",
+}
+
+# kwok ships its default stages as manifests in its module; the lab runs with these.
+KWOK_STAGES = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
+KWOK_STAGES_FILE = "kwok-stages.yaml"
+
+
+class BuildError(RuntimeError):
+    """A binary could not be built, or Go is missing or too old."""
+
+
+def _go(*args: str, timeout: float = 3600) -> str:
+    if not shutil.which("go"):
+        raise BuildError("Go is not installed: the lab's binaries are built with `go build` (Go >= 1.26).")
+    env = {**os.environ, "GOFLAGS": "-buildvcs=false"}
+    result = subprocess.run(["go", *args], cwd=GOBUILD, capture_output=True, text=True,
+                            timeout=timeout, env=env)
+    if result.returncode != 0:
+        raise BuildError(f"`go {' '.join(args)}` failed:\n{result.stderr.strip()[-4000:]}")
+    return result.stdout.strip()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("OPSLAB_CACHE", Path.home() / ".cache" / "opslab"))
+
+
+def bin_dir() -> Path:
+    """The folder for the current pins: a new pin or Go version gives a new folder."""
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum"):
+        digest.update((GOBUILD / name).read_bytes())
+    digest.update(_go("env", "GOVERSION").encode())
+    return cache_root() / "bin" / digest.hexdigest()[:16]
+
+
+def missing(directory: Path) -> list[str]:
+    wanted = [*BINARIES, KWOK_STAGES_FILE]
+    return [name for name in wanted if not (directory / name).exists()]
+
+
+def _write_kwok_stages(directory: Path) -> None:
+    module_dir = Path(_go("list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"))
+    stages = [(module_dir / path).read_text().strip() for path in KWOK_STAGES]
+    (directory / KWOK_STAGES_FILE).write_text("\n---\n".join(stages) + "\n")
+
+
+def build(out=sys.stdout) -> Path:
+    """Build whatever binary the current pins lack, showing progress; returns their folder."""
+    directory = bin_dir()
+    todo = missing(directory)
+    if not todo:
+        print(f"lab binaries are up to date in {directory}", file=out)
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"building {len(todo)} lab binaries into {directory} with {_go('env', 'GOVERSION')}", file=out)
+    _go("mod", "download")
+    for number, name in enumerate(todo, 1):
+        started = time.monotonic()
+        print(f"[{number}/{len(todo)}] {name} ...", end="", flush=True, file=out)
+        if name == KWOK_STAGES_FILE:
+            _write_kwok_stages(directory)
+        else:
+            partial = directory / f".{name}.partial"
+            _go("build", "-o", str(partial), BINARIES[name])
+            partial.rename(directory / name)
+        print(f" {time.monotonic() - started:.0f}s", file=out, flush=True)
+    return directory
+
+
+def installed() -> Path:
+    """The built binaries' folder; a clear error when `opslab lab build` has not run."""
+    directory = bin_dir()
+    absent = missing(directory)
+    if absent:
+        raise BuildError(f"lab binaries missing ({', '.join(absent)}): run `opslab lab build` first.")
+    return directory

@@ -1,0 +1,166 @@
+"""The lab's control-plane components: how each is started and how its health is read.
+
+Every listener is on loopback or on the host end of the lab link (DESIGN: the network boundary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import yaml
+
+from opslab.lab.build import KWOK_STAGES_FILE
+from opslab.lab.processes import Command
+from opslab.lab.spec import LabSpec
+
+HEALTH_TIMEOUT = 2.0
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    command: Command
+    listen: tuple[str, int]
+    health_url: str
+    client_cert: str | None = None  # name of the lab identity that reads the health URL
+
+    def healthy(self, spec: LabSpec) -> tuple[bool, str]:
+        pki = spec.paths.pki
+        cert = (str(pki / f"{self.client_cert}.crt"), str(pki / f"{self.client_cert}.key")) if self.client_cert else None
+        try:
+            response = requests.get(self.health_url, cert=cert, verify=str(pki / "ca.crt"), timeout=HEALTH_TIMEOUT)
+        except requests.RequestException as error:
+            return False, f"no answer at {self.health_url} ({type(error).__name__})"
+        if response.status_code != 200:
+            return False, f"{self.health_url} answered {response.status_code}: {response.text[:200]}"
+        return True, "ok"
+
+
+def _flags(**values) -> list[str]:
+    return [f"--{key.replace('_', '-')}={value}" for key, value in values.items()]
+
+
+def write_configs(spec: LabSpec, binaries: Path) -> None:
+    """Audit policy, encryption config and kwok's configuration, rewritten at every `up`."""
+    config = spec.paths.config
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+    kwok = {"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
+            # Written out in full: options absent from a config file are not defaulted.
+            "options": {"nodeLeaseDurationSeconds": 40, "nodeLeaseParallelism": 4,
+                        "podPlayStageParallelism": 4, "nodePlayStageParallelism": 4,
+                        "podsOnNodeSyncParallelism": 1, "enableDebuggingHandlers": True}}
+    (config / "kwok.yaml").write_text(yaml.safe_dump(kwok) + "---\n" + (binaries / KWOK_STAGES_FILE).read_text())
+
+
+# Secrets are audited without their bodies; writes everywhere with their request; reads of
+# anything else not at all, to keep the log small enough to read in a notebook.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "users": ["system:kube-scheduler", "system:kube-controller-manager",
+                                    "system:kwok-controller", "system:apiserver"]},
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system", "system:nodes"]},
+        {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version", "/metrics"]},
+        {"level": "None", "resources": [{"group": "", "resources": ["events"]},
+                                        {"group": "coordination.k8s.io", "resources": ["leases"]}]},
+        {"level": "Metadata", "resources": [{"group": "", "resources": ["secrets"]}]},
+        {"level": "None", "verbs": ["get", "list", "watch"]},
+        {"level": "Request"},
+    ],
+}
+
+
+def components(spec: LabSpec, binaries: Path) -> list[Component]:
+    """The control plane in start order."""
+    pki, net, ports, config = spec.paths.pki, spec.network, spec.ports, spec.paths.config
+    host = net.host_ip
+    etcd_url = spec.etcd_url
+    peer_url = f"https://127.0.0.1:{ports.etcd_peer}"
+    tls = lambda name: _flags(tls_cert_file=pki / f"{name}.crt", tls_private_key_file=pki / f"{name}.key")
+    delegated = lambda name: _flags(
+        kubeconfig=config / f"{name}.kubeconfig", authentication_kubeconfig=config / f"{name}.kubeconfig",
+        authorization_kubeconfig=config / f"{name}.kubeconfig", client_ca_file=pki / "ca.crt",
+        requestheader_client_ca_file=pki / "front-proxy-ca.crt", leader_elect="false",
+        bind_address="127.0.0.1")
+
+    etcd = [
+        str(binaries / "etcd"),
+        *_flags(name="opslab", data_dir=spec.paths.etcd_data, log_level="warn",
+                listen_client_urls=etcd_url, advertise_client_urls=etcd_url,
+                listen_peer_urls=peer_url, initial_advertise_peer_urls=peer_url,
+                initial_cluster=f"opslab={peer_url}",
+                listen_metrics_urls="http://127.0.0.1:2381",
+                cert_file=pki / "etcd-server.crt", key_file=pki / "etcd-server.key",
+                trusted_ca_file=pki / "ca.crt", client_cert_auth="true",
+                peer_cert_file=pki / "etcd-server.crt", peer_key_file=pki / "etcd-server.key",
+                peer_trusted_ca_file=pki / "ca.crt", peer_client_cert_auth="true"),
+    ]
+    apiserver = [
+        str(binaries / "kube-apiserver"),
+        *_flags(bind_address=host, advertise_address=host, secure_port=ports.apiserver,
+                etcd_servers=etcd_url, etcd_cafile=pki / "ca.crt",
+                etcd_certfile=pki / "apiserver-etcd-client.crt", etcd_keyfile=pki / "apiserver-etcd-client.key",
+                client_ca_file=pki / "ca.crt",
+                service_cluster_ip_range=net.service_cidr,
+                service_account_issuer="https://kubernetes.default.svc.cluster.local",
+                service_account_key_file=pki / "sa.pub", service_account_signing_key_file=pki / "sa.key",
+                authorization_mode="Node,RBAC", enable_admission_plugins="NodeRestriction",
+                allow_privileged="true", profiling="false",
+                audit_policy_file=config / "audit-policy.yaml", audit_log_path=spec.paths.audit_log,
+                audit_log_maxsize=50, audit_log_maxbackup=2,
+                encryption_provider_config=pki / "encryption.yaml",
+                kubelet_client_certificate=pki / "apiserver-kubelet-client.crt",
+                kubelet_client_key=pki / "apiserver-kubelet-client.key",
+                kubelet_certificate_authority=pki / "ca.crt",
+                kubelet_preferred_address_types="InternalIP",
+                requestheader_client_ca_file=pki / "front-proxy-ca.crt",
+                requestheader_allowed_names="front-proxy-client",
+                requestheader_username_headers="X-Remote-User", requestheader_group_headers="X-Remote-Group",
+                requestheader_extra_headers_prefix="X-Remote-Extra-",
+                proxy_client_cert_file=pki / "front-proxy-client.crt",
+                proxy_client_key_file=pki / "front-proxy-client.key",
+                enable_aggregator_routing="true"),
+        *tls("apiserver"),
+    ]
+    controller_manager = [
+        str(binaries / "kube-controller-manager"),
+        *delegated("controller-manager"), *tls("controller-manager"),
+        *_flags(secure_port=ports.controller_manager,
+                service_account_private_key_file=pki / "sa.key", root_ca_file=pki / "ca.crt",
+                cluster_signing_cert_file=pki / "ca.crt", cluster_signing_key_file=pki / "ca.key",
+                use_service_account_credentials="true",
+                allocate_node_cidrs="true", cluster_cidr=net.cluster_cidr, node_cidr_mask_size=24,
+                service_cluster_ip_range=net.service_cidr,
+                # Quick enough for a lesson to watch a node go NotReady and pods move.
+                node_monitor_grace_period="40s"),
+    ]
+    scheduler = [
+        str(binaries / "kube-scheduler"),
+        *delegated("scheduler"), *tls("scheduler"), *_flags(secure_port=ports.scheduler),
+    ]
+    kwok = [
+        str(binaries / "kwok"),
+        *_flags(kubeconfig=config / "kwok.kubeconfig", config=config / "kwok.yaml",
+                manage_all_nodes="false", manage_nodes_with_annotation_selector=f"{KWOK_NODE_ANNOTATION}=fake",
+                # kwok hands out pod IPs from each node's podCIDR; this range is only its fallback.
+                cidr=f"{net.cluster_cidr[254 * 256]}/24",
+                node_ip=host, node_port=ports.kwok, server_address=f"{host}:{ports.kwok}",
+                tls_cert_file=pki / "kwok.crt", tls_private_key_file=pki / "kwok.key"),
+    ]
+    return [
+        Component("etcd", Command("etcd", etcd), ("127.0.0.1", ports.etcd_client),
+                  f"{etcd_url}/health", client_cert="apiserver-etcd-client"),
+        Component("kube-apiserver", Command("kube-apiserver", apiserver), (host, ports.apiserver),
+                  f"{spec.apiserver_url}/readyz", client_cert="admin"),
+        Component("kube-controller-manager", Command("kube-controller-manager", controller_manager),
+                  ("127.0.0.1", ports.controller_manager), f"https://127.0.0.1:{ports.controller_manager}/healthz"),
+        Component("kube-scheduler", Command("kube-scheduler", scheduler),
+                  ("127.0.0.1", ports.scheduler), f"https://127.0.0.1:{ports.scheduler}/healthz"),
+        Component("kwok", Command("kwok", kwok), (host, ports.kwok), f"https://{host}:{ports.kwok}/healthz"),
+    ]

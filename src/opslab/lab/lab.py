@@ -1,0 +1,204 @@
+"""`opslab lab up | status | down | reset | env`: the embedded lab's life cycle."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from opslab import cluster
+from opslab.config import ConfigError, read_state, render_exports, state_file
+from opslab.lab import baseline, build, network, pki
+from opslab.lab.components import Component, components, write_configs
+from opslab.lab.processes import Supervisor, rss_bytes
+from opslab.lab.spec import NODE_NAMES, LabSpec
+
+MANIFESTS = Path(__file__).parent / "manifests"
+START_TIMEOUT = 90
+READY_TIMEOUT = 60
+
+
+class LabError(RuntimeError):
+    """The lab cannot do what was asked; the message says why and what to do."""
+
+
+def _port_owner(port: int) -> str:
+    result = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=10)
+    users = " ".join(result.stdout.split()[5:]) if result.stdout.strip() else ""
+    return users or "another process"
+
+
+def _check_port_free(address: str, port: int) -> None:
+    with socket.socket() as probe:
+        # As the components do: connections of a killed process in TIME_WAIT must not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise LabError(f"port {address}:{port} is taken by {_port_owner(port)}; "
+                               "stop it, or run `opslab lab down` if it is an old lab.") from error
+            raise
+
+
+class Lab:
+    def __init__(self, spec: LabSpec | None = None, out=sys.stdout):
+        self.spec = spec or LabSpec.default()
+        self.out = out
+        self.supervisor = Supervisor(self.spec.paths.run, self.spec.paths.logs)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def components(self) -> list[Component]:
+        return components(self.spec, build.installed())
+
+    # --- up -------------------------------------------------------------------------------
+    def up(self) -> None:
+        started = time.monotonic()
+        binaries = build.installed()
+        self._check_state_file()
+        self._lay_network()
+        pki.ensure(self.spec)
+        write_configs(self.spec, binaries)
+        for component in components(self.spec, binaries):
+            self._ensure_running(component)
+        self._ensure_nodes()
+        self._ensure_baseline()
+        state_file().write_text(render_exports(self.settings()))
+        self.say(f"lab ready in {time.monotonic() - started:.1f}s")
+        self.print_status()
+
+    def _check_state_file(self) -> None:
+        try:
+            read_state()
+        except ConfigError as error:
+            self.say(f"replacing the lab's unreadable state file: {error}")
+
+    def _lay_network(self) -> None:
+        net = self.spec.network
+        clashes = network.overlaps(net)
+        if clashes:
+            raise LabError("the lab's address ranges collide with this machine's network:\n  "
+                           + "\n  ".join(clashes) + "\nChange the ranges in opslab/lab/spec.py.")
+        network.ensure(net)
+
+    def _ensure_running(self, component: Component) -> None:
+        name = component.name
+        if self.supervisor.pid(name) is not None:
+            if self._wait_healthy(component, limit=START_TIMEOUT):
+                return
+            self.say(f"{name} is running but unhealthy; restarting it")
+            self.supervisor.stop(name)
+        _check_port_free(*component.listen)
+        self.say(f"starting {name}")
+        self.supervisor.start(component.command)
+        if not self._wait_healthy(component, limit=START_TIMEOUT):
+            log = self.supervisor.log_path(name)
+            tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-15:])
+            self.supervisor.stop(name)
+            raise LabError(f"{name} did not become healthy within {START_TIMEOUT}s; "
+                           f"the end of {log}:\n    {tail}")
+
+    def _wait_healthy(self, component: Component, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.supervisor.exited_early(component.name):
+                return False
+            if component.healthy(self.spec)[0]:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def _kubectl(self, *args: str, **kwargs):
+        return cluster.kubectl(*args, config_file=str(self.spec.paths.kubeconfig), **kwargs)
+
+    def _ensure_nodes(self) -> None:
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(MANIFESTS / "nodes.yaml"))
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            nodes = json.loads(self._kubectl("get", "nodes", "-o", "json").stdout)["items"]
+            ready = {n["metadata"]["name"] for n in nodes
+                     if n["spec"].get("podCIDR") and any(c["type"] == "Ready" and c["status"] == "True"
+                                                         for c in n.get("status", {}).get("conditions", []))}
+            if ready >= set(NODE_NAMES):
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"nodes not Ready with a pod range after {READY_TIMEOUT}s: "
+                               f"{sorted(set(NODE_NAMES) - ready)}")
+            time.sleep(0.2)
+
+    def _client(self):
+        return cluster.dynamic(str(self.spec.paths.kubeconfig))
+
+    def _ensure_baseline(self) -> None:
+        if not self.spec.paths.baseline.exists():
+            count = baseline.record(self._client(), self.spec.paths.baseline)
+            self.say(f"recorded the baseline: {count} objects")
+
+    # --- status ---------------------------------------------------------------------------
+    def health(self) -> list[tuple[str, int | None, bool, str]]:
+        rows = []
+        for component in self.components():
+            pid = self.supervisor.pid(component.name)
+            ok, detail = component.healthy(self.spec) if pid else (False, "not running")
+            rows.append((component.name, pid, ok, detail))
+        return rows
+
+    def print_status(self) -> bool:
+        rows = self.health()
+        by_name = {c.name: c for c in self.components()}
+        self.say(f"{'component':<24} {'pid':>7} {'memory':>9}  {'listens on':<22} health")
+        for name, pid, ok, detail in rows:
+            address, port = by_name[name].listen
+            memory = f"{rss_bytes(pid) / 2**20:.0f} MiB" if pid else "-"
+            self.say(f"{name:<24} {pid or '-':>7} {memory:>9}  {address + ':' + str(port):<22} "
+                     f"{'ok' if ok else 'DOWN: ' + detail}")
+        total = sum(rss_bytes(pid) for _, pid, _, _ in rows if pid)
+        self.say(f"memory in all: {total / 2**20:.0f} MiB")
+        for key, value in self.settings().items():
+            self.say(f"{key}={value}")
+        return all(ok for _, _, ok, _ in rows)
+
+    def pids(self) -> set[int]:
+        return {pid for name in self.supervisor.names() if (pid := self.supervisor.pid(name))}
+
+    def memory_bytes(self) -> int:
+        return sum(rss_bytes(pid) for pid in self.pids())
+
+    # --- down, reset, env -----------------------------------------------------------------
+    def down(self) -> None:
+        for name in reversed([c.name for c in self.components()] + self._strays()):
+            if self.supervisor.pid(name) is not None:
+                self.say(f"stopping {name}")
+            self.supervisor.stop(name)
+        network.teardown(self.spec.network)
+        state_file().unlink(missing_ok=True)
+        self.say("lab stopped; no lab process, namespace or link is left")
+
+    def _strays(self) -> list[str]:
+        known = {c.name for c in self.components()}
+        return [n for n in self.supervisor.names() if n not in known]
+
+    def reset(self) -> dict[str, list[str]]:
+        started = time.monotonic()
+        if not self.spec.paths.baseline.exists():
+            raise LabError("no baseline recorded yet: run `opslab lab up` first.")
+        down = [name for name, _, ok, _ in self.health() if not ok]
+        if down:
+            raise LabError(f"cannot reset while {', '.join(down)} is down: run `opslab lab up` first.")
+        report = baseline.restore(self._client(), baseline.load(self.spec.paths.baseline))
+        self.say(f"reset in {time.monotonic() - started:.1f}s: " + ", ".join(
+            f"{len(keys)} {what}" for what, keys in report.items()))
+        return report
+
+    def settings(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.spec.paths.kubeconfig), "OPSLAB_HOME": str(self.spec.paths.home)}
+
+    def env(self) -> str:
+        return render_exports(self.settings())
