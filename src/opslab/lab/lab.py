@@ -193,6 +193,7 @@ class Lab:
         if down:
             raise LabError(f"cannot reset while {', '.join(down)} is down: run `opslab lab up` first.")
         report = baseline.restore(self._client(), baseline.load(self.spec.paths.baseline))
+        self._ensure_nodes()  # a recreated node counts once it is Ready again
         self.say(f"reset in {time.monotonic() - started:.1f}s: " + ", ".join(
             f"{len(keys)} {what}" for what, keys in report.items()))
         return report
