@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 missing=()
-for pair in ip:iproute2 ss:iproute2 iptables:iptables sysctl:procps git:git; do
+# command:package — the lab's network tools, PostgreSQL, and what `kubectl exec` offers in a pod.
+for pair in ip:iproute2 ss:iproute2 iptables:iptables conntrack:conntrack sysctl:procps \
+            runuser:util-linux curl:curl nslookup:bind9-dnsutils psql:postgresql git:git; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing Debian packages: ${missing[*]}"
   apt-get update -qq

@@ -1,4 +1,5 @@
-"""The MLOps platform's own programs: api-server, model-server and a traffic generator.
+"""The MLOps platform's own programs: api-server, model-server, a traffic generator, and the
+database image's entrypoint (`postgres`).
 
 Standalone workloads: nothing here imports the lab or the notebook library, so each program
 could ship as a container image unchanged. The image tag a program is started with (env

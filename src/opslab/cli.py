@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from opslab.config import ConfigError
 
@@ -29,6 +30,46 @@ def _lab_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_command(args: argparse.Namespace) -> int:
+    from opslab import run
+
+    report, page = run.run_curriculum(args.root or run.CHECKOUT, args.modules, output=args.output,
+                                      parameters=run.parse_parameters(args.param), start_lab=not args.no_lab,
+                                      cell_timeout=args.cell_timeout or run.CELL_TIMEOUT,
+                                      notebook_timeout=args.notebook_timeout or run.NOTEBOOK_TIMEOUT)
+    print(f"report: {page}")
+    return 0 if report.passed else 1
+
+
+def _grade_command(args: argparse.Namespace) -> int:
+    from opslab import grading
+
+    scores = grading.autograde(args.notebooks, args.student, args.module, args.root or grading.CHECKOUT)
+    print(scores.to_string(index=False))
+    auto = scores[~scores.needs_manual_grade]
+    print(f"autograded: {auto.points.sum():g} of {auto.max_points.sum():g} points; "
+          f"{int(scores.needs_manual_grade.sum())} answer(s) await manual grading")
+    return 0
+
+
+def _release_command(args: argparse.Namespace) -> int:
+    from opslab import grading
+
+    root = args.root or grading.CHECKOUT
+    modules = args.modules or grading.assignments(root)
+    if not modules:
+        raise grading.GradingError(f"no modules under {root / 'source'}")
+    stale = False
+    for module in modules:
+        if args.check:
+            differences = grading.release_differences(module, root)
+            stale = stale or bool(differences)
+            print(f"{module}: " + ("stale\n  " + "\n  ".join(differences) if differences else "up to date"))
+        else:
+            print(f"{module}: generated {grading.generate_release(module, root)}")
+    return 1 if stale else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="opslab", description="An executable MLOps operations curriculum.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -37,6 +78,34 @@ def parser() -> argparse.ArgumentParser:
                      help="build its binaries; start it; report its health; stop it; "
                           "restore its baseline; print shell exports")
     lab.set_defaults(run=_lab_command)
+
+    run = commands.add_parser("run", help="run notebooks headless with papermill and write a report")
+    run.add_argument("modules", nargs="*", metavar="MODULE",
+                     help="a module by folder (02-deployment) or number (02); default: the whole curriculum")
+    run.add_argument("--output", type=Path, help="folder for the executed notebooks and the report "
+                                                 "(default: .opslab/runs/<UTC time>/)")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="a notebook parameter; VALUE is read as JSON when it can be (repeatable)")
+    run.add_argument("--no-lab", action="store_true",
+                     help="do not start the embedded lab: the environment names the cluster")
+    run.add_argument("--cell-timeout", type=int, help="seconds a cell may run before it fails")
+    run.add_argument("--notebook-timeout", type=int, help="seconds a notebook may run before it is stopped")
+    run.add_argument("--root", type=Path, help="the curriculum's folder (default: this checkout)")
+    run.set_defaults(run=_run_command)
+
+    grade = commands.add_parser("grade", help="autograde one student's submission in a course of its own")
+    grade.add_argument("module", help="the assignment, a folder of source/")
+    grade.add_argument("notebooks", nargs="+", type=Path, metavar="NOTEBOOK", help="the submitted notebook(s)")
+    grade.add_argument("--student", required=True, help="the student's id")
+    grade.add_argument("--root", type=Path, help="the course's folder (default: this checkout)")
+    grade.set_defaults(run=_grade_command)
+
+    release = commands.add_parser("release", help="generate the student versions in release/ from source/")
+    release.add_argument("modules", nargs="*", metavar="MODULE", help="default: every folder of source/")
+    release.add_argument("--check", action="store_true",
+                         help="change nothing; exit non-zero when a release is stale")
+    release.add_argument("--root", type=Path, help="the course's folder (default: this checkout)")
+    release.set_defaults(run=_release_command)
     return top
 
 
@@ -47,9 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     from opslab.lab.lab import LabError
     from opslab.lab.network import NetworkError
 
+    errors = (LabError, BuildError, NetworkError, ClusterError, ConfigError, TimeoutError)
+    if args.command != "lab":  # the notebook tools take seconds to import: only for their commands
+        from opslab.grading import GradingError
+        from opslab.run import RunError
+
+        errors += (RunError, GradingError)
     try:
         return args.run(args)
-    except (LabError, BuildError, NetworkError, ClusterError, ConfigError, TimeoutError) as error:
+    except errors as error:
         print(f"opslab: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -86,13 +86,14 @@ def _recorded(obj: dict) -> dict:
     return desired
 
 
-def record(client: DynamicClient, path: Path) -> int:
+def record(client: DynamicClient, path: Path, manifests: str) -> int:
+    """Write the baseline, marked with the digest of the manifests it was made from."""
     objects = {key: _recorded(obj) for key, (_, obj) in _objects(client).items()}
-    path.write_text(json.dumps(objects, indent=1, sort_keys=True))
+    path.write_text(json.dumps({"manifests": manifests, "objects": objects}, indent=1, sort_keys=True))
     return len(objects)
 
 
-def load(path: Path) -> dict[str, dict]:
+def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
@@ -124,6 +125,8 @@ def _replace(resource, want: dict) -> None:
         live = resource.get(name=meta["name"], namespace=meta.get("namespace"), _request_timeout=TIMEOUT)
         body = _desired(want)
         body["metadata"]["resourceVersion"] = live.metadata.resourceVersion
+        if live.status:  # a Node's PUT would otherwise wipe its addresses until kwok's next heartbeat
+            body["status"] = live.to_dict()["status"]
         try:
             resource.replace(body=body, _request_timeout=TIMEOUT)
             return

@@ -23,18 +23,22 @@ BINARIES = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
     "kwok": "sigs.k8s.io/kwok/cmd/kwok",
+    "coredns": "./cmd/coredns",  # CoreDNS's own module, with the lab's choice of plugins
 }
 
-# kwok ships its default stages as manifests in its module; the lab runs with these.
-KWOK_STAGES = (
-    "kustomize/stage/node/fast/node-initialize.yaml",
-    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-    "kustomize/stage/pod/fast/pod-ready.yaml",
-    "kustomize/stage/pod/fast/pod-complete.yaml",
-    "kustomize/stage/pod/fast/pod-delete.yaml",
-)
-KWOK_STAGES_FILE = "kwok-stages.yaml"
+# kwok ships its stages and CRDs as manifests in its module. kwok keeps the nodes alive; pods
+# are the lab's pod runner's (podlet), which publishes the Exec, Logs and PortForward objects.
+KWOK_MANIFESTS = {
+    "kwok-stages.yaml": (
+        "kustomize/stage/node/fast/node-initialize.yaml",
+        "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    ),
+    "kwok-crds.yaml": tuple(f"kustomize/crd/bases/kwok.x-k8s.io_{name}.yaml"
+                            for name in ("execs", "logs", "portforwards")),
+}
+KWOK_STAGES_FILE, KWOK_CRDS_FILE = KWOK_MANIFESTS
 
 
 class BuildError(RuntimeError):
@@ -57,23 +61,23 @@ def cache_root() -> Path:
 
 
 def bin_dir() -> Path:
-    """The folder for the current pins: a new pin or Go version gives a new folder."""
+    """The folder for the current pins: a new pin, source file or Go version gives a new folder."""
     digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum"):
-        digest.update((GOBUILD / name).read_bytes())
+    for path in sorted(p for p in GOBUILD.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(GOBUILD).as_posix().encode() + path.read_bytes())
     digest.update(_go("env", "GOVERSION").encode())
     return cache_root() / "bin" / digest.hexdigest()[:16]
 
 
 def missing(directory: Path) -> list[str]:
-    wanted = [*BINARIES, KWOK_STAGES_FILE]
+    wanted = [*BINARIES, *KWOK_MANIFESTS]
     return [name for name in wanted if not (directory / name).exists()]
 
 
-def _write_kwok_stages(directory: Path) -> None:
+def _write_kwok_manifest(directory: Path, name: str) -> None:
     module_dir = Path(_go("list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"))
-    stages = [(module_dir / path).read_text().strip() for path in KWOK_STAGES]
-    (directory / KWOK_STAGES_FILE).write_text("\n---\n".join(stages) + "\n")
+    documents = [(module_dir / path).read_text().strip() for path in KWOK_MANIFESTS[name]]
+    (directory / name).write_text("\n---\n".join(documents) + "\n")
 
 
 def build(out=sys.stdout) -> Path:
@@ -89,8 +93,8 @@ def build(out=sys.stdout) -> Path:
     for number, name in enumerate(todo, 1):
         started = time.monotonic()
         print(f"[{number}/{len(todo)}] {name} ...", end="", flush=True, file=out)
-        if name == KWOK_STAGES_FILE:
-            _write_kwok_stages(directory)
+        if name in KWOK_MANIFESTS:
+            _write_kwok_manifest(directory, name)
         else:
             partial = directory / f".{name}.partial"
             _go("build", "-o", str(partial), BINARIES[name])

@@ -1,6 +1,7 @@
-"""The lab's control-plane components: how each is started and how its health is read.
+"""The lab's components: how each is started and how its health is read.
 
-Every listener is on loopback or on the host end of the lab link (DESIGN: the network boundary).
+Every listener is on loopback, on the host end of the lab link, or inside the lab's node
+namespace (DESIGN: the network boundary).
 """
 
 from __future__ import annotations
@@ -11,23 +12,34 @@ from pathlib import Path
 import requests
 import yaml
 
-from opslab.lab.build import KWOK_STAGES_FILE
+import sys
+
+from opslab.lab.build import KWOK_CRDS_FILE, KWOK_STAGES_FILE
+from opslab.lab.network import bridge_ip
 from opslab.lab.processes import Command
 from opslab.lab.spec import LabSpec
 
 HEALTH_TIMEOUT = 2.0
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+MANIFESTS = Path(__file__).parent / "manifests"
+# Commands that `kubectl exec` may run in a pod: kwok runs them through the pod shim.
+POD_COMMANDS = ("sh", "bash", "env", "cat", "ls", "ps", "hostname", "curl", "nslookup", "dig",
+                "psql", "pg_dump", "pg_isready", "python3", "ip", "ss", "sleep", "date", "id", "kill")
 
 
 @dataclass(frozen=True)
 class Component:
     name: str
     command: Command
-    listen: tuple[str, int]
-    health_url: str
+    listen: tuple[str, int] | None  # checked free before it starts
+    health_url: str | None  # None: running is healthy
     client_cert: str | None = None  # name of the lab identity that reads the health URL
+    prerequisites: tuple[Path, ...] = ()  # manifests applied before it starts
+    needs_nodes: bool = False  # starts only once the nodes are Ready with their addresses
 
     def healthy(self, spec: LabSpec) -> tuple[bool, str]:
+        if self.health_url is None:
+            return True, "ok"
         pki = spec.paths.pki
         cert = (str(pki / f"{self.client_cert}.crt"), str(pki / f"{self.client_cert}.key")) if self.client_cert else None
         try:
@@ -54,6 +66,56 @@ def write_configs(spec: LabSpec, binaries: Path) -> None:
                         "podPlayStageParallelism": 4, "nodePlayStageParallelism": 4,
                         "podsOnNodeSyncParallelism": 1, "enableDebuggingHandlers": True}}
     (config / "kwok.yaml").write_text(yaml.safe_dump(kwok) + "---\n" + (binaries / KWOK_STAGES_FILE).read_text())
+    (config / "Corefile").write_text(_corefile(spec))
+    _write_pod_shims(spec)
+
+
+def _corefile(spec: LabSpec) -> str:
+    # Authoritative for the cluster's names and nothing else: no forwarder, so no query leaves.
+    address = bridge_ip(spec.network).ip
+    return f"""\
+.:53 {{
+    bind {address}
+    errors
+    health {address}:8080
+    ready {address}:8181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {spec.paths.config / "coredns.kubeconfig"} opslab
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    prometheus {address}:9153
+    cache 30
+}}
+"""
+
+
+POD_SHIM = """\
+#!/bin/sh
+# kwok runs `kubectl exec` commands on this machine; this shim runs them inside the pod instead:
+# its network namespace and DNS (ip netns exec), and the container's environment.
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+name=${0##*/}
+[ -n "$OPSLAB_POD_NETNS" ] || { echo "$name: not a lab pod" >&2; exit 126; }
+[ -r "$OPSLAB_POD_ENV" ] && . "$OPSLAB_POD_ENV"
+exec ip netns exec "$OPSLAB_POD_NETNS" "$name" "$@"
+"""
+
+
+def shim_dir(spec: LabSpec) -> Path:
+    return spec.paths.home / "pod-shims"
+
+
+def _write_pod_shims(spec: LabSpec) -> None:
+    folder = shim_dir(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / ".pod-exec"
+    shim.write_text(POD_SHIM)
+    shim.chmod(0o755)
+    for name in POD_COMMANDS:
+        link = folder / name
+        if not link.is_symlink():
+            link.symlink_to(shim.name)
 
 
 # Secrets are audited without their bodies; writes everywhere with their request; reads of
@@ -151,8 +213,24 @@ def components(spec: LabSpec, binaries: Path) -> list[Component]:
                 # kwok hands out pod IPs from each node's podCIDR; this range is only its fallback.
                 cidr=f"{net.cluster_cidr[254 * 256]}/24",
                 node_ip=host, node_port=ports.kwok, server_address=f"{host}:{ports.kwok}",
-                tls_cert_file=pki / "kwok.crt", tls_private_key_file=pki / "kwok.key"),
+                tls_cert_file=pki / "kwok.crt", tls_private_key_file=pki / "kwok.key",
+                enable_crds="Exec,Logs,PortForward"),
     ]
+    node = net.node_ip
+    kube_proxy = [
+        str(binaries / "kube-proxy"),
+        *_flags(kubeconfig=config / "kube-proxy.kubeconfig", proxy_mode="iptables",
+                cluster_cidr=net.cluster_cidr, hostname_override="lab-node-1", bind_address=node,
+                healthz_bind_address=f"{node}:10256", metrics_bind_address=f"{node}:10249",
+                nodeport_addresses=f"{node}/32", iptables_localhost_nodeports="false",
+                # The node namespace shares the machine's conntrack table: leave its limits alone.
+                conntrack_max_per_core=0, conntrack_tcp_timeout_established=0, conntrack_tcp_timeout_close_wait=0),
+    ]
+    dns = bridge_ip(net).ip
+    coredns = [str(binaries / "coredns"), "-conf", str(config / "Corefile")]
+    module = lambda name: [sys.executable, "-m", name]
+    admin = ["--kubeconfig", str(spec.paths.kubeconfig)]
+    podlet = [*module("opslab.lab.podlet"), "--home", str(spec.paths.home)]
     return [
         Component("etcd", Command("etcd", etcd), ("127.0.0.1", ports.etcd_client),
                   f"{etcd_url}/health", client_cert="apiserver-etcd-client"),
@@ -162,5 +240,16 @@ def components(spec: LabSpec, binaries: Path) -> list[Component]:
                   ("127.0.0.1", ports.controller_manager), f"https://127.0.0.1:{ports.controller_manager}/healthz"),
         Component("kube-scheduler", Command("kube-scheduler", scheduler),
                   ("127.0.0.1", ports.scheduler), f"https://127.0.0.1:{ports.scheduler}/healthz"),
-        Component("kwok", Command("kwok", kwok), (host, ports.kwok), f"https://{host}:{ports.kwok}/healthz"),
+        Component("kwok", Command("kwok", kwok, env={"PATH": str(shim_dir(spec))}), (host, ports.kwok),
+                  f"https://{host}:{ports.kwok}/healthz", prerequisites=(binaries / KWOK_CRDS_FILE,)),
+        # kube-proxy exits when its node's addresses change, so it waits for them.
+        Component("kube-proxy", Command("kube-proxy", kube_proxy, netns=net.node_namespace),
+                  (node, 10256), f"http://{node}:10256/healthz", needs_nodes=True),
+        Component("coredns", Command("coredns", coredns, netns=net.node_namespace), (str(dns), 53),
+                  f"http://{dns}:8080/health", prerequisites=(MANIFESTS / "dns.yaml",)),
+        Component("podlet", Command("podlet", podlet), ("127.0.0.1", 10248), "http://127.0.0.1:10248/healthz"),
+        Component("certificates", Command("certificates", [*module("opslab.lab.certificates"), *admin]), None, None),
+        Component("ingress", Command("ingress", [*module("opslab.lab.ingress"), *admin,
+                                                 "--listen", f"127.0.0.1:{ports.ingress}"]),
+                  ("127.0.0.1", ports.ingress), None),
     ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -14,13 +17,26 @@ from pathlib import Path
 from opslab import cluster
 from opslab.config import ConfigError, read_state, render_exports, state_file
 from opslab.lab import baseline, build, network, pki
+from opslab.lab.certificates import ensure_lab_ca
 from opslab.lab.components import Component, components, write_configs
+from opslab.lab.podlet import pod_processes
 from opslab.lab.processes import Supervisor, rss_bytes
 from opslab.lab.spec import NODE_NAMES, LabSpec
 
 MANIFESTS = Path(__file__).parent / "manifests"
+PLATFORM = Path(__file__).resolve().parents[3] / "infrastructure"
+ENVIRONMENTS = ("staging", "production")
+PLATFORM_TIMEOUT = 180
 START_TIMEOUT = 90
 READY_TIMEOUT = 60
+
+
+def manifests_digest() -> str:
+    """Names what `up` deploys: the lab's own manifests and the platform's."""
+    digest = hashlib.sha256()
+    for path in sorted([*MANIFESTS.rglob("*.yaml"), *PLATFORM.rglob("*.yaml")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class LabError(RuntimeError):
@@ -59,7 +75,19 @@ class Lab:
         return components(self.spec, build.installed())
 
     # --- up -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """One `up`, `down` or `reset` at a time: two racing would start components twice."""
+        self.spec.paths.home.mkdir(parents=True, exist_ok=True)
+        with open(self.spec.paths.home / "lab.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def up(self) -> None:
+        with self._exclusive():
+            self._up()
+
+    def _up(self) -> None:
         started = time.monotonic()
         binaries = build.installed()
         self._check_state_file()
@@ -67,6 +95,8 @@ class Lab:
         pki.ensure(self.spec)
         write_configs(self.spec, binaries)
         for component in components(self.spec, binaries):
+            if component.needs_nodes:
+                self._ensure_nodes()
             self._ensure_running(component)
         self._ensure_nodes()
         self._ensure_baseline()
@@ -95,15 +125,18 @@ class Lab:
                 return
             self.say(f"{name} is running but unhealthy; restarting it")
             self.supervisor.stop(name)
-        _check_port_free(*component.listen)
+        if component.listen and not component.command.netns:  # the lab's own namespace is ours alone
+            _check_port_free(*component.listen)
+        for manifest in component.prerequisites:
+            self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
         self.say(f"starting {name}")
         self.supervisor.start(component.command)
         if not self._wait_healthy(component, limit=START_TIMEOUT):
             log = self.supervisor.log_path(name)
             tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-15:])
+            what = "exited" if self.supervisor.pid(name) is None else f"was not healthy after {START_TIMEOUT}s"
             self.supervisor.stop(name)
-            raise LabError(f"{name} did not become healthy within {START_TIMEOUT}s; "
-                           f"the end of {log}:\n    {tail}")
+            raise LabError(f"{name} {what}; the end of {log}:\n    {tail}")
 
     def _wait_healthy(self, component: Component, limit: float) -> bool:
         deadline = time.monotonic() + limit
@@ -124,8 +157,9 @@ class Lab:
         while True:
             nodes = json.loads(self._kubectl("get", "nodes", "-o", "json").stdout)["items"]
             ready = {n["metadata"]["name"] for n in nodes
-                     if n["spec"].get("podCIDR") and any(c["type"] == "Ready" and c["status"] == "True"
-                                                         for c in n.get("status", {}).get("conditions", []))}
+                     if n["spec"].get("podCIDR") and n.get("status", {}).get("addresses")
+                     and any(c["type"] == "Ready" and c["status"] == "True"
+                             for c in n.get("status", {}).get("conditions", []))}
             if ready >= set(NODE_NAMES):
                 return
             if time.monotonic() > deadline:
@@ -137,9 +171,35 @@ class Lab:
         return cluster.dynamic(str(self.spec.paths.kubeconfig))
 
     def _ensure_baseline(self) -> None:
-        if not self.spec.paths.baseline.exists():
-            count = baseline.record(self._client(), self.spec.paths.baseline)
-            self.say(f"recorded the baseline: {count} objects")
+        """The platform is deployed, and the baseline recorded, once per version of the
+        manifests: a later `up` never overwrites what a trainee changed."""
+        if self.spec.paths.baseline.exists() and json.loads(self.spec.paths.baseline.read_text()).get(
+                "manifests") == manifests_digest():
+            return
+        self._deploy_platform()
+        count = baseline.record(self._client(), self.spec.paths.baseline, manifests_digest())
+        self.say(f"recorded the baseline: {count} objects")
+
+    def _deploy_platform(self) -> None:
+        if not PLATFORM.exists():
+            return
+        started = time.monotonic()
+        self.say("deploying the platform (infrastructure/: cluster, staging, production)")
+        # The CRDs first: the ClusterIssuer beside them is accepted only once they are established.
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-k", str(PLATFORM / "cluster" / "crds"))
+        self._kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s", timeout=70)
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-k", str(PLATFORM / "cluster"))
+        ensure_lab_ca(str(self.spec.paths.kubeconfig), self.spec.paths.pki / "ca.crt", self.spec.paths.pki / "ca.key")
+        for environment in ENVIRONMENTS:
+            self._kubectl("apply", "--server-side", "--force-conflicts", "-k", str(PLATFORM / environment),
+                          timeout=120)
+        for environment in ENVIRONMENTS:
+            namespace = f"mlops-{environment}"
+            workloads = self._kubectl("get", "deployments,statefulsets", "-n", namespace, "-o", "name").stdout.split()
+            for workload in workloads:
+                self._kubectl("rollout", "status", workload, "-n", namespace, f"--timeout={PLATFORM_TIMEOUT}s",
+                              timeout=PLATFORM_TIMEOUT + 10)
+        self.say(f"platform ready in {time.monotonic() - started:.0f}s")
 
     # --- status ---------------------------------------------------------------------------
     def health(self) -> list[tuple[str, int | None, bool, str]]:
@@ -155,9 +215,9 @@ class Lab:
         by_name = {c.name: c for c in self.components()}
         self.say(f"{'component':<24} {'pid':>7} {'memory':>9}  {'listens on':<22} health")
         for name, pid, ok, detail in rows:
-            address, port = by_name[name].listen
+            listen = by_name[name].listen
             memory = f"{rss_bytes(pid) / 2**20:.0f} MiB" if pid else "-"
-            self.say(f"{name:<24} {pid or '-':>7} {memory:>9}  {address + ':' + str(port):<22} "
+            self.say(f"{name:<24} {pid or '-':>7} {memory:>9}  {':'.join(map(str, listen or ('-',))):<22} "
                      f"{'ok' if ok else 'DOWN: ' + detail}")
         total = sum(rss_bytes(pid) for _, pid, _, _ in rows if pid)
         self.say(f"memory in all: {total / 2**20:.0f} MiB")
@@ -173,12 +233,22 @@ class Lab:
 
     # --- down, reset, env -----------------------------------------------------------------
     def down(self) -> None:
+        with self._exclusive():
+            self._down()
+
+    def _down(self) -> None:
         for name in reversed([c.name for c in self.components()] + self._strays()):
             if self.supervisor.pid(name) is not None:
                 self.say(f"stopping {name}")
             self.supervisor.stop(name)
+        pods = pod_processes(self.spec)
+        for name in pods.names():
+            pods.stop(name)
         network.teardown(self.spec.network)
         state_file().unlink(missing_ok=True)
+        # Without its kubeconfig no client aims at the lab's addresses while they are gone, when
+        # the machine's default route would carry the packets away.
+        self.spec.paths.kubeconfig.unlink(missing_ok=True)
         self.say("lab stopped; no lab process, namespace or link is left")
 
     def _strays(self) -> list[str]:
@@ -186,20 +256,25 @@ class Lab:
         return [n for n in self.supervisor.names() if n not in known]
 
     def reset(self) -> dict[str, list[str]]:
+        with self._exclusive():
+            return self._reset()
+
+    def _reset(self) -> dict[str, list[str]]:
         started = time.monotonic()
         if not self.spec.paths.baseline.exists():
             raise LabError("no baseline recorded yet: run `opslab lab up` first.")
         down = [name for name, _, ok, _ in self.health() if not ok]
         if down:
             raise LabError(f"cannot reset while {', '.join(down)} is down: run `opslab lab up` first.")
-        report = baseline.restore(self._client(), baseline.load(self.spec.paths.baseline))
+        report = baseline.restore(self._client(), baseline.load(self.spec.paths.baseline)["objects"])
         self._ensure_nodes()  # a recreated node counts once it is Ready again
         self.say(f"reset in {time.monotonic() - started:.1f}s: " + ", ".join(
             f"{len(keys)} {what}" for what, keys in report.items()))
         return report
 
     def settings(self) -> dict[str, str]:
-        return {"KUBECONFIG": str(self.spec.paths.kubeconfig), "OPSLAB_HOME": str(self.spec.paths.home)}
+        return {"KUBECONFIG": str(self.spec.paths.kubeconfig), "OPSLAB_HOME": str(self.spec.paths.home),
+                "INGRESS_ADDRESS": f"127.0.0.1:{self.spec.ports.ingress}"}
 
     def env(self) -> str:
         return render_exports(self.settings())

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from opslab.lab.spec import Network
 
 POD_NAMESPACE_PREFIX = "opslab-pod-"
+NETNS_CONFIG = Path("/etc/netns")  # `ip netns exec` binds these files over /etc in a namespace
 TIMEOUT = 10
 
 
@@ -90,8 +93,9 @@ def ensure(net: Network) -> None:
         ip("route", "replace", str(cidr), "via", net.node_ip, "dev", net.host_link)
     # The node namespace routes between the host link and the pod bridge; with no default
     # route anywhere, forwarding cannot carry a packet off the machine. The lab is IPv4 only.
+    # Bridged traffic passes iptables, so replies between pods on the bridge are un-NATed.
     sysctl("net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1",
-           "net.ipv6.conf.default.disable_ipv6=1", netns=ns)
+           "net.ipv6.conf.default.disable_ipv6=1", "net.bridge.bridge-nf-call-iptables=1", netns=ns)
     sysctl(f"net.ipv6.conf.{net.host_link}.disable_ipv6=1")
 
 
@@ -105,6 +109,8 @@ def teardown(net: Network) -> None:
     ip("link", "delete", net.host_link, check=False)
     for ns in lab_namespaces(net):
         ip("netns", "delete", ns, check=False)
+    for folder in NETNS_CONFIG.glob(POD_NAMESPACE_PREFIX + "*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ def identities(spec: LabSpec) -> list[Identity]:
         Identity("controller-manager", "system:kube-controller-manager", hosts=loopback),
         Identity("scheduler", "system:kube-scheduler", hosts=loopback),
         Identity("kwok", "system:kwok-controller", ("system:masters",), hosts=(host,)),
+        Identity("kube-proxy", "system:kube-proxy"),
+        Identity("coredns", "system:coredns"),
     ]
 
 
@@ -172,7 +174,7 @@ def ensure(spec: LabSpec) -> None:
                   "resources": [{"resources": ["secrets"], "providers": [
                       {"aescbc": {"keys": [{"name": "lab-key-1", "secret": key}]}}, {"identity": {}}]}]}
         _write_private(pki / "encryption.yaml", yaml.safe_dump(config).encode())
-    for identity in ("admin", "controller-manager", "scheduler", "kwok"):
+    for identity in ("admin", "controller-manager", "scheduler", "kwok", "kube-proxy", "coredns"):
         path = kubeconfig_path(spec, identity)
         path.write_text(yaml.safe_dump(kubeconfig(spec, identity), sort_keys=False))
         os.chmod(path, 0o600)

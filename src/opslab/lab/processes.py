@@ -33,9 +33,12 @@ def _start_time(pid: int) -> str | None:
 
 
 class Supervisor:
-    def __init__(self, run_dir: Path, log_dir: Path):
+    def __init__(self, run_dir: Path, log_dir: Path, *, isolated: bool = False):
+        """`isolated`: processes get only their command's environment, and logs hold only their
+        own output (a container's log), not our start lines."""
         self.run_dir = run_dir
         self.log_dir = log_dir
+        self.isolated = isolated
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
@@ -62,14 +65,34 @@ class Supervisor:
         if command.netns:
             argv = ["ip", "netns", "exec", command.netns, *argv]
         with open(self.log_path(command.name), "ab") as log:
-            log.write(f"\n--- started {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(argv)}\n".encode())
-            log.flush()
+            if not self.isolated:
+                log.write(f"\n--- started {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(argv)}\n".encode())
+                log.flush()
             process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **command.env}, start_new_session=True, close_fds=True,
+                env=command.env if self.isolated else {**os.environ, **command.env},
+                start_new_session=True, close_fds=True,
             )
         self._pid_file(command.name).write_text(f"{process.pid} {_start_time(process.pid)}\n")
         return process.pid
+
+    def exit_code(self, name: str) -> int | None:
+        """The exit code of a process that has ended (its pid file is then removed); None while
+        it runs or when it was never started. A process another Python started reports 255
+        once gone: its code is not ours to read."""
+        try:
+            pid = int(self._pid_file(name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+            code = None if reaped != pid else (
+                os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+        except ChildProcessError:
+            code = None if self.pid(name) is not None else 255
+        if code is not None:
+            self._pid_file(name).unlink(missing_ok=True)
+        return code
 
     def exited_early(self, name: str) -> bool:
         """Reaps a child that already died, so `pid` reports it gone."""

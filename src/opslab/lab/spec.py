@@ -51,6 +51,7 @@ class Ports:
     controller_manager: int = 10257
     scheduler: int = 10259
     kwok: int = 10250
+    ingress: int = 8443
 
 
 @dataclass(frozen=True)
