@@ -67,8 +67,10 @@ def test_each_pod_is_a_process_in_its_own_namespace_with_its_address(lab, model_
 def test_exec_logs_dns_and_service_through_kubectl(model_server, namespace):
     pod = model_server[0].metadata.name
     ns = ("-n", namespace)
-    health = cluster.kubectl("exec", pod, *ns, "--", "curl", "-sf", "--max-time", "5",
-                             "http://model-server:8080/health").stdout
+    # kube-proxy programs a Service's endpoints within a second or two of the pods turning Ready.
+    health = wait_for(lambda: cluster.kubectl("exec", pod, *ns, "--", "curl", "-sf", "--max-time", "5",
+                                              "http://model-server:8080/health", check=False).stdout,
+                      timeout=15, what="the Service to answer from inside a pod")
     assert json.loads(health)["status"] == "ok"
     lookup = cluster.kubectl("exec", pod, *ns, "--", "nslookup", "model-server").stdout
     service_ip = cluster.kubectl("get", "svc", "model-server", *ns, "-o", "jsonpath={.spec.clusterIP}").stdout

@@ -7,6 +7,7 @@ stop on SIGTERM.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -156,25 +157,32 @@ class Service:
         except ConfigError as error:
             self.log.error(f"invalid configuration: {error}")
             return 2
+        # On a pod's address, also on the pod's own loopback: what a wildcard listener would give
+        # `kubectl exec … curl localhost`, without ever listening on a wildcard.
+        addresses = [address] if ipaddress.ip_address(address).is_loopback else [address, "127.0.0.1"]
         try:
-            server = _Server((address, port), _Exchange)
-        except OSError as error:
+            servers = [_Server((a, port), _Exchange) for a in addresses]
+        except (OSError, ValueError) as error:
             self.log.error("cannot listen", address=address, port=port, error=str(error))
             return 1
-        server.service = self
+        for server in servers:
+            server.service = self
         self._misbehaviour.start()
 
         def stop(signum: int, _frame) -> None:
             self.log.info("stopping", signal=signal.Signals(signum).name)
             # shutdown() waits for serve_forever() to return, which runs in this very thread.
-            threading.Thread(target=server.shutdown, daemon=True).start()
+            threading.Thread(target=lambda: [s.shutdown() for s in servers], daemon=True).start()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         self.log.info("listening", address=address, port=port)
-        server.serve_forever(poll_interval=0.1)
+        for extra in servers[1:]:
+            threading.Thread(target=extra.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        servers[0].serve_forever(poll_interval=0.1)
         # Handler threads are daemons: a request still waiting on a dependency ends with the process.
-        server.server_close()
+        for server in servers:
+            server.server_close()
         self.log.info("stopped")
         return 0
 

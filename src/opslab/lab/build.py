@@ -26,30 +26,38 @@ BINARIES = {
     "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
     "kwok": "sigs.k8s.io/kwok/cmd/kwok",
     "coredns": "./cmd/coredns",  # CoreDNS's own module, with the lab's choice of plugins
+    "metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server",
+    "kube-state-metrics": "k8s.io/kube-state-metrics/v2",
 }
+# Binaries built in a module of their own, a folder under gobuild/: kube-state-metrics does not
+# compile against the control plane's k8s.io/* pins, so it keeps the ones it was released with.
+OWN_MODULES = {"kube-state-metrics": "kube-state-metrics"}
 
 # kwok ships its stages and CRDs as manifests in its module. kwok keeps the nodes alive; pods
 # are the lab's pod runner's (podlet), which publishes the Exec, Logs and PortForward objects.
+# kwok also plays each node's kubelet resource metrics (its Metric `metrics-resource`, read from
+# its configuration file) from the ResourceUsage objects the lab's resource-usage publisher writes.
 KWOK_MANIFESTS = {
     "kwok-stages.yaml": (
         "kustomize/stage/node/fast/node-initialize.yaml",
         "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
     ),
     "kwok-crds.yaml": tuple(f"kustomize/crd/bases/kwok.x-k8s.io_{name}.yaml"
-                            for name in ("execs", "logs", "portforwards")),
+                            for name in ("execs", "logs", "portforwards", "resourceusages")),
+    "kwok-metrics.yaml": ("kustomize/metrics/resource/metrics-resource.yaml",),
 }
-KWOK_STAGES_FILE, KWOK_CRDS_FILE = KWOK_MANIFESTS
+KWOK_STAGES_FILE, KWOK_CRDS_FILE, KWOK_METRICS_FILE = KWOK_MANIFESTS
 
 
 class BuildError(RuntimeError):
     """A binary could not be built, or Go is missing or too old."""
 
 
-def _go(*args: str, timeout: float = 3600) -> str:
+def _go(*args: str, timeout: float = 3600, module: str = "") -> str:
     if not shutil.which("go"):
         raise BuildError("Go is not installed: the lab's binaries are built with `go build` (Go >= 1.26).")
     env = {**os.environ, "GOFLAGS": "-buildvcs=false"}
-    result = subprocess.run(["go", *args], cwd=GOBUILD, capture_output=True, text=True,
+    result = subprocess.run(["go", *args], cwd=GOBUILD / module, capture_output=True, text=True,
                             timeout=timeout, env=env)
     if result.returncode != 0:
         raise BuildError(f"`go {' '.join(args)}` failed:\n{result.stderr.strip()[-4000:]}")
@@ -97,7 +105,7 @@ def build(out=sys.stdout) -> Path:
             _write_kwok_manifest(directory, name)
         else:
             partial = directory / f".{name}.partial"
-            _go("build", "-o", str(partial), BINARIES[name])
+            _go("build", "-o", str(partial), BINARIES[name], module=OWN_MODULES.get(name, ""))
             partial.rename(directory / name)
         print(f" {time.monotonic() - started:.0f}s", file=out, flush=True)
     return directory

@@ -1,6 +1,6 @@
 """The lab's certificate controller: cert-manager's Certificate and CA ClusterIssuer, for real.
 
-    python -m opslab.lab.certificates [--kubeconfig PATH]
+    python -m opslab.lab.certificates [--kubeconfig PATH] [--metrics-address 127.0.0.1:9402]
 
 The subset of cert-manager the platform uses: a ClusterIssuer whose `spec.ca.secretName` names a
 CA key pair in namespace `cert-manager`, and Certificates (secret name, DNS names, common name,
@@ -10,6 +10,9 @@ so `kubectl describe certificate` teaches what a real cluster shows.
 
 It polls once a second rather than watching: every pass reads what it needs afresh, so it reacts
 within a second, needs no cache, and simply carries on when the API server comes back.
+
+As cert-manager does, it exports `certmanager_certificate_expiration_timestamp_seconds` for each
+Certificate at `/metrics`, for the certificate-expiry alert.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 
 import kubernetes
 from kubernetes.client.rest import ApiException
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 from urllib3.exceptions import HTTPError
 
 from mlops_platform.logs import JsonLog
@@ -140,11 +145,40 @@ def _decoded(secret: dict, key: str) -> bytes:
 
 
 # --- the controller ----------------------------------------------------------------------------
+class ExpiryCollector:
+    """cert-manager's expiry metric, as the Certificates' statuses stood after the last pass."""
+
+    LABELS = ("name", "namespace", "issuer_name", "issuer_kind", "issuer_group")
+
+    def __init__(self):
+        self.expirations: dict[tuple[str, ...], float] = {}  # replaced whole after each pass
+
+    def observe(self, certificates: list[dict]) -> None:
+        expirations = {}
+        for certificate in certificates:
+            not_after = (certificate.get("status") or {}).get("notAfter")
+            if not_after:
+                meta, issuer = certificate["metadata"], (certificate.get("spec") or {}).get("issuerRef") or {}
+                labels = (meta["name"], meta["namespace"], issuer.get("name", ""), issuer.get("kind", "Issuer"),
+                          issuer.get("group", GROUP))
+                expirations[labels] = dt.datetime.fromisoformat(not_after.replace("Z", "+00:00")).timestamp()
+        self.expirations = expirations
+
+    def collect(self):
+        family = GaugeMetricFamily("certmanager_certificate_expiration_timestamp_seconds",
+                                   "The date after which the certificate expires, in seconds since the epoch.",
+                                   labels=self.LABELS)
+        for labels, value in self.expirations.items():
+            family.add_metric(labels, value)
+        yield family
+
+
 class CertificateController:
     def __init__(self, api: kubernetes.client.ApiClient):
         self.core = kubernetes.client.CoreV1Api(api)
         self.custom = kubernetes.client.CustomObjectsApi(api)
         self._failing: dict[str, str] = {}  # what went wrong with each Certificate at the last pass
+        self.expiry = ExpiryCollector()
 
     @staticmethod
     def _read(call, *args) -> dict:
@@ -191,6 +225,7 @@ class CertificateController:
                 if self._failing.get(name) != failing[name]:  # once, not once a second
                     log.error("certificate not reconciled; retrying", certificate=name, error=failing[name])
         self._failing = failing
+        self.expiry.observe(certificates)  # each status as this pass left it
 
     # --- ClusterIssuer ---
     def _issuer_state(self, issuer: dict) -> IssuerState:
@@ -420,11 +455,16 @@ def ensure_lab_ca(kubeconfig: str | Path, ca_cert_path: str | Path, ca_key_path:
 
 
 # --- the process -------------------------------------------------------------------------------
-def run(kubeconfig: str | None) -> None:
+def run(kubeconfig: str | None, metrics_address: str | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     controller = CertificateController(cluster.api_client(kubeconfig))
-    log.info("started", poll_interval_s=POLL_INTERVAL)
+    if metrics_address:
+        host, _, port = metrics_address.rpartition(":")
+        registry = CollectorRegistry()
+        registry.register(controller.expiry)
+        start_http_server(int(port), addr=host, registry=registry)
+    log.info("started", poll_interval_s=POLL_INTERVAL, metrics_address=metrics_address)
     problem = None  # logged when it starts and when it ends, not once a second
     while not stop.is_set():
         try:
@@ -445,7 +485,9 @@ def run(kubeconfig: str | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m opslab.lab.certificates", description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", help="kubeconfig to use (default: KUBECONFIG, else the running lab's)")
-    run(parser.parse_args(argv).kubeconfig)
+    parser.add_argument("--metrics-address", help="HOST:PORT to serve /metrics on (default: none)")
+    args = parser.parse_args(argv)
+    run(args.kubeconfig, args.metrics_address)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 name=${0##*/}
 [ -n "$OPSLAB_POD_NETNS" ] || { echo "$name: not a lab pod" >&2; exit 126; }
 [ -r "$OPSLAB_POD_ENV" ] && . "$OPSLAB_POD_ENV"
+if [ -p /dev/stdin ]; then  # `kubectl exec -i` without a terminal: see opslab/lab/exec_stdin.py
+  exec ip netns exec "$OPSLAB_POD_NETNS" @PYTHON@ -m opslab.lab.exec_stdin "$name" "$@"
+fi
 exec ip netns exec "$OPSLAB_POD_NETNS" "$name" "$@"
 """
 
@@ -110,7 +113,7 @@ def _write_pod_shims(spec: LabSpec) -> None:
     folder = shim_dir(spec)
     folder.mkdir(parents=True, exist_ok=True)
     shim = folder / ".pod-exec"
-    shim.write_text(POD_SHIM)
+    shim.write_text(POD_SHIM.replace("@PYTHON@", sys.executable))
     shim.chmod(0o755)
     for name in POD_COMMANDS:
         link = folder / name

@@ -131,6 +131,13 @@ def identities(spec: LabSpec) -> list[Identity]:
         Identity("kwok", "system:kwok-controller", ("system:masters",), hosts=(host,)),
         Identity("kube-proxy", "system:kube-proxy"),
         Identity("coredns", "system:coredns"),
+        # Observability (manifests/monitoring.yaml grants each what it reads).
+        Identity("prometheus", "opslab:prometheus"),
+        Identity("kube-state-metrics", "opslab:kube-state-metrics"),
+        Identity("resource-usage", "opslab:resource-usage"),
+        # The API server reaches it through its Service, and checks the Service's name.
+        Identity("metrics-server", "system:metrics-server",
+                 hosts=(host, "metrics-server.kube-system.svc", "metrics-server.kube-system.svc.cluster.local")),
     ]
 
 
@@ -174,7 +181,8 @@ def ensure(spec: LabSpec) -> None:
                   "resources": [{"resources": ["secrets"], "providers": [
                       {"aescbc": {"keys": [{"name": "lab-key-1", "secret": key}]}}, {"identity": {}}]}]}
         _write_private(pki / "encryption.yaml", yaml.safe_dump(config).encode())
-    for identity in ("admin", "controller-manager", "scheduler", "kwok", "kube-proxy", "coredns"):
+    for identity in ("admin", "controller-manager", "scheduler", "kwok", "kube-proxy", "coredns",
+                     "kube-state-metrics", "metrics-server", "resource-usage"):
         path = kubeconfig_path(spec, identity)
         path.write_text(yaml.safe_dump(kubeconfig(spec, identity), sort_keys=False))
         os.chmod(path, 0o600)

@@ -52,6 +52,15 @@ class Ports:
     scheduler: int = 10259
     kwok: int = 10250
     ingress: int = 8443
+    # Observability: all on loopback except metrics-server, which the API server must reach.
+    prometheus: int = 9090
+    alertmanager: int = 9093
+    alert_receiver: int = 9095
+    backup_metrics: int = 9106
+    kube_state_metrics: int = 9180
+    kube_state_metrics_telemetry: int = 9181
+    certificate_metrics: int = 9402  # cert-manager's own metrics port
+    metrics_server: int = 4443
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,24 @@ class Paths:
     @property
     def baseline(self) -> Path:
         return self.home / "baseline.json"
+
+    @property
+    def prometheus_data(self) -> Path:
+        return self.home / "prometheus"
+
+    @property
+    def alertmanager_data(self) -> Path:
+        return self.home / "alertmanager"
+
+    @property
+    def notifications(self) -> Path:
+        """Every notification Alertmanager sent to the lab's receiver, one JSON document a line."""
+        return self.home / "alerts" / "notifications.jsonl"
+
+    @property
+    def backups(self) -> Path:
+        """The lab's backup bucket: `mlops-backup-bucket/<prefix>/<object>` as files."""
+        return self.home / "backups"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,181 @@
+"""What the lab's pods really use, measured from their processes and handed to kwok.
+
+kwok plays the kubelet's resource-metrics endpoint (`/metrics/resource`, what metrics-server,
+`kubectl top` and Prometheus read) from ResourceUsage objects. This publishes one per
+process-backed pod, named as the pod and owned by it (so it goes when the pod goes), holding each
+container's CPU in cores (from the process tree's CPU time, /proc/<pid>/stat, between two
+readings) and memory (the process tree's resident set). A ClusterResourceUsage gives every
+other pod — a simulated one, or one whose first reading is not in yet — zero.
+
+    python -m opslab.lab.resource_usage --home .opslab
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
+
+from mlops_platform.logs import JsonLog
+from opslab import cluster
+from opslab.lab import pki
+from opslab.lab.podlet import pod_processes
+from opslab.lab.spec import LabSpec, Paths
+
+GROUP, VERSION = "kwok.x-k8s.io", "v1alpha1"
+INTERVAL = 5.0  # s; metrics-server reads every 15 s, Prometheus every 5 s
+API_TIMEOUT = 5
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+FALLBACK = "opslab-no-process"
+log = JsonLog("resource-usage")
+
+
+@dataclass(frozen=True)
+class Reading:
+    cpu_seconds: float
+    memory_bytes: int
+    at: float
+
+
+def _stat(pid: int) -> tuple[int, float, int] | None:
+    """Parent pid, CPU seconds (user + system) and resident bytes of one process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+    # fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15, rss 24 (in pages).
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, int(fields[21]) * PAGE_BYTES
+
+
+def process_table() -> dict[int, tuple[int, float, int]]:
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
+            table[int(entry.name)] = stat
+    return table
+
+
+def tree_usage(root: int, table: dict[int, tuple[int, float, int]]) -> tuple[float, int]:
+    """CPU seconds and resident bytes of `root`'s descendants: the container's processes, not
+    the monitor (`root`) that runs them, as a container runtime's shim is not the container."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    cpu, memory, todo = 0.0, 0, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        cpu += table[pid][1]
+        memory += table[pid][2]
+        todo.extend(children.get(pid, []))
+    return cpu, memory
+
+
+def cpu_cores(previous: Reading | None, current: Reading) -> float:
+    """Cores used between two readings; none when there is no earlier one, or the container
+    restarted meanwhile (its CPU time went back)."""
+    if previous is None or current.cpu_seconds < previous.cpu_seconds or current.at <= previous.at:
+        return 0.0
+    return (current.cpu_seconds - previous.cpu_seconds) / (current.at - previous.at)
+
+
+class Publisher:
+    def __init__(self, spec: LabSpec):
+        self.processes = pod_processes(spec)
+        api = cluster.api_client(str(pki.kubeconfig_path(spec, "resource-usage")))
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.readings: dict[str, Reading] = {}
+
+    def ensure_fallback(self) -> None:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterResourceUsage",
+                "metadata": {"name": FALLBACK},
+                "spec": {"usages": [{"usage": {"cpu": {"value": "0"}, "memory": {"value": "0"}}}]}}
+        try:
+            self.custom.create_cluster_custom_object(GROUP, VERSION, "clusterresourceusages", body,
+                                                     _request_timeout=API_TIMEOUT)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    def publish(self) -> None:
+        table = process_table()
+        now = time.monotonic()
+        usages: dict[tuple[str, str, str], list[dict]] = {}  # (namespace, pod, uid) -> containers
+        seen = set()
+        for name in self.processes.names():
+            pid = self.processes.pid(name)
+            if pid is None:
+                continue
+            namespace, pod, uid, container = name.split("_", 3)
+            cpu_seconds, memory = tree_usage(pid, table)
+            reading = Reading(cpu_seconds, memory, now)
+            cores = cpu_cores(self.readings.get(name), reading)
+            self.readings[name] = reading
+            seen.add(name)
+            usages.setdefault((namespace, pod, uid), []).append(
+                {"containers": [container], "usage": {"cpu": {"value": f"{cores * 1e6:.0f}u"},
+                                                      "memory": {"value": str(memory)}}})
+        for gone in set(self.readings) - seen:
+            del self.readings[gone]
+        for (namespace, pod, uid), containers in usages.items():
+            self._write(namespace, pod, uid, containers)
+
+    def _write(self, namespace: str, pod: str, uid: str, containers: list[dict]) -> None:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceUsage",
+                "metadata": {"name": pod, "namespace": namespace, "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}]},
+                "spec": {"usages": containers}}
+        try:
+            # Server-side apply: one call whether or not the object exists yet.
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "resourceusages", pod, body, field_manager="opslab-resource-usage",
+                force=True, _request_timeout=API_TIMEOUT,
+                _content_type="application/apply-patch+yaml")
+        except ApiException as error:
+            if error.status not in (404, 409, 422):  # the pod or its namespace is going: nothing to record
+                raise
+
+
+def run(spec: LabSpec) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    publisher = Publisher(spec)
+    log.info("started", interval_s=INTERVAL)
+    problem = None  # logged when it starts and when it ends, not at every pass
+    fallback = False
+    while not stop.is_set():
+        try:
+            if not fallback:
+                publisher.ensure_fallback()
+                fallback = True
+            publisher.publish()
+            if problem:
+                log.info("publishing again", after=problem)
+            problem = None
+        except (ApiException, HTTPError, OSError) as error:
+            described = (f"the API server answered {error.status} {error.reason}" if isinstance(error, ApiException)
+                         else f"cannot reach the API server ({type(error).__name__})")
+            if described != problem:
+                log.warning("waiting", problem=described)
+            problem = described
+        stop.wait(INTERVAL)
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m opslab.lab.resource_usage", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", required=True, type=Path, help="the lab's home folder")
+    run(LabSpec(paths=Paths(parser.parse_args(argv).home.resolve())))
+
+
+if __name__ == "__main__":
+    main()

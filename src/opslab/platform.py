@@ -1,0 +1,407 @@
+"""Copies of the MLOps platform, made from the repository's overlays, in any namespace.
+
+`ensure("mlops-staging", "staging")` is what `deploy-staging.sh` does; `ensure("mlops-staging-ab12cd",
+"staging")` makes an independent copy for a grader or a CI run. A copy differs from its overlay in
+two things only, both set with kustomize in a temporary folder layered on the overlay: its
+namespace, and its public host (`<namespace>.<the overlay's host>`), so that its Ingress and its
+certificate do not compete with the real environment's at the gateway.
+
+Everything goes through `opslab.cluster`, so this works against any cluster that has the
+platform's cluster-wide parts (`infrastructure/cluster`) installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import random
+import socket
+import ssl
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import kubernetes
+import pandas as pd
+import yaml
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+
+from opslab import cluster
+from opslab.config import setting
+
+INFRASTRUCTURE = Path(__file__).resolve().parents[2] / "infrastructure"
+ENVIRONMENTS = ("staging", "production")
+IMAGES = "registry.local/mlops"
+PART_OF = "app.kubernetes.io/part-of=mlops-platform"
+READY_TIMEOUT = 120  # s; a fresh copy is ready in about 10 s on two cores
+POLL = 0.5  # s
+REVISION = "deployment.kubernetes.io/revision"
+
+
+def home_namespace(environment: str) -> str:
+    """The namespace the guide uses for an environment: `mlops-staging`, `mlops-production`."""
+    if environment not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {environment!r}; the overlays are {', '.join(ENVIRONMENTS)}")
+    return f"mlops-{environment}"
+
+
+def namespace_for(environment: str, suffix: str = "") -> str:
+    """The guide's namespace, or with a suffix a namespace of its own: `mlops-staging-ab12cd`."""
+    return home_namespace(environment) + (f"-{suffix}" if suffix else "")
+
+
+def render(environment: str, namespace: str | None = None) -> list[dict]:
+    """The overlay's objects as they would be applied to `namespace` (default: its own)."""
+    with _kustomization(environment, namespace or home_namespace(environment)) as folder:
+        text = cluster.kubectl("kustomize", folder).stdout
+    return [obj for obj in yaml.safe_load_all(text) if obj]
+
+
+def ensure(namespace: str, environment: str, *, wait: bool = True, timeout: float = READY_TIMEOUT) -> None:
+    """Put the platform, exactly as the environment's overlay describes it, into `namespace`.
+
+    Server-side apply takes back every field the overlay sets (images, replicas, flags, the
+    Certificate), and Deployments and Services of the platform that the overlay does not hold
+    (a canary, a blue-green Service) are deleted; then, unless `wait` is False, it waits until
+    every workload has rolled out.
+    """
+    with _kustomization(environment, namespace) as folder:
+        applied = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", folder, "-o", "name",
+                                  timeout=60).stdout.split()
+    _delete_extras(namespace, applied)
+    if wait:
+        wait_ready(namespace, timeout=timeout)
+
+
+def wait_ready(namespace: str, timeout: float = READY_TIMEOUT) -> None:
+    """Wait until every Deployment and StatefulSet in `namespace` has rolled out."""
+    apps = kubernetes.client.AppsV1Api(cluster.api_client())
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [f"{kind} {obj.metadata.name}" for kind, listing in (
+            ("Deployment", apps.list_namespaced_deployment), ("StatefulSet", apps.list_namespaced_stateful_set))
+            for obj in listing(namespace, _request_timeout=cluster.REQUEST_TIMEOUT).items if not rolled_out(obj)]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{namespace}: not rolled out after {timeout:.0f}s: {', '.join(pending)}")
+        time.sleep(POLL)
+
+
+def rolled_out(workload) -> bool:
+    """True when a Deployment or StatefulSet (a client model) runs its current template on every
+    replica, all of them available, and nothing of an older revision is left: what
+    `kubectl rollout status` waits for."""
+    spec, status = workload.spec, workload.status
+    if (status.observed_generation or 0) < workload.metadata.generation:
+        return False
+    wanted = spec.replicas if spec.replicas is not None else 1
+    if isinstance(workload, kubernetes.client.V1StatefulSet):
+        return ((status.ready_replicas or 0) == wanted and (status.updated_replicas or 0) == wanted
+                and status.current_revision == status.update_revision)
+    return ((status.updated_replicas or 0) == wanted and (status.replicas or 0) == wanted
+            and (status.available_replicas or 0) == wanted)
+
+
+def image(tag: str, program: str = "api-server") -> str:
+    """The image reference of a release: `registry.local/mlops/api-server:1.5.0`."""
+    return f"{IMAGES}/{program}:{tag}"
+
+
+def set_release(namespace: str, deployment: str, tag: str, *, wait: bool = True,
+                timeout: float = READY_TIMEOUT) -> None:
+    """Roll `deployment` (whose container has the Deployment's name) to release `tag`, recording
+    the change-cause `kubectl rollout history` shows, as the deploy scripts do."""
+    apps = kubernetes.client.AppsV1Api(cluster.api_client())
+    apps.patch_namespaced_deployment(deployment, namespace, {
+        "metadata": {"annotations": {"kubernetes.io/change-cause": f"{deployment} {tag}"}},
+        "spec": {"template": {"spec": {"containers": [{"name": deployment, "image": image(tag, deployment)}]}}},
+    }, _request_timeout=cluster.REQUEST_TIMEOUT)
+    if wait:
+        wait_rolled_out(namespace, deployment, timeout=timeout)
+
+
+def wait_rolled_out(namespace: str, deployment: str, timeout: float = READY_TIMEOUT) -> None:
+    apps = kubernetes.client.AppsV1Api(cluster.api_client())
+    deadline = time.monotonic() + timeout
+    while not rolled_out(apps.read_namespaced_deployment(deployment, namespace,
+                                                         _request_timeout=cluster.REQUEST_TIMEOUT)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"deployment {deployment} in {namespace} did not roll out within {timeout:.0f}s")
+        time.sleep(POLL)
+
+
+def revision(namespace: str, deployment: str) -> dict:
+    """The Deployment's current revision: its number, its ReplicaSet and that ReplicaSet's
+    `pod-template-hash`, which names the pod template (a rollback returns to an earlier one)."""
+    apps = kubernetes.client.AppsV1Api(cluster.api_client())
+    owner = apps.read_namespaced_deployment(deployment, namespace, _request_timeout=cluster.REQUEST_TIMEOUT)
+    number = owner.metadata.annotations.get(REVISION)
+    selector = ",".join(f"{k}={v}" for k, v in owner.spec.selector.match_labels.items())
+    for replica_set in apps.list_namespaced_replica_set(namespace, label_selector=selector,
+                                                        _request_timeout=cluster.REQUEST_TIMEOUT).items:
+        owned = any(ref.uid == owner.metadata.uid for ref in replica_set.metadata.owner_references or ())
+        if owned and replica_set.metadata.annotations.get(REVISION) == number:
+            return {"revision": int(number), "replica_set": replica_set.metadata.name,
+                    "pod_template_hash": replica_set.metadata.labels["pod-template-hash"],
+                    "images": [c.image for c in replica_set.spec.template.spec.containers]}
+    raise LookupError(f"deployment {deployment} in {namespace} has no ReplicaSet for its revision {number}")
+
+
+def deploy_beside(namespace: str, tag: str, *, track: str = "canary", stable: str = "api-server",
+                  replicas: int = 1, timeout: float = READY_TIMEOUT) -> str:
+    """A Deployment `<stable>-<track>` beside the stable one: the same pod template with release
+    `tag` and label `track: <track>` (a canary, a green copy). The program's Service selects on
+    `app` only, so it sends the copy its share of the traffic. Waits until the copy is ready;
+    returns its name."""
+    apps = kubernetes.client.AppsV1Api(cluster.api_client())
+    template = apps.read_namespaced_deployment(stable, namespace, _request_timeout=cluster.REQUEST_TIMEOUT).spec.template
+    labels = {**template.metadata.labels, "track": track}
+    name = f"{stable}-{track}"
+    copy = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                     "annotations": {"kubernetes.io/change-cause": f"{name} {tag}"}},
+        "spec": {"replicas": replicas,
+                 "selector": {"matchLabels": {"app": labels["app"], "track": track}},
+                 "template": {"metadata": {"labels": labels, "annotations": template.metadata.annotations},
+                              "spec": cluster.api_client().sanitize_for_serialization(template.spec)}},
+    }
+    [container] = [c for c in copy["spec"]["template"]["spec"]["containers"] if c["name"] == stable]
+    container["image"] = image(tag, stable)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump(copy))
+    wait_rolled_out(namespace, name, timeout=timeout)
+    return name
+
+
+def pod_metrics(namespace: str, selector: str = "app=api-server", port: int = 8000) -> pd.DataFrame:
+    """Every sample of every running pod's /metrics that `selector` picks, read through the API
+    server's pod proxy: one row per sample with the pod, its `track`, the metric's name, its
+    labels (one column each) and the value."""
+    core = kubernetes.client.CoreV1Api(cluster.api_client())
+    rows = []
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector,
+                                        _request_timeout=cluster.REQUEST_TIMEOUT).items:
+        if pod.status.phase != "Running" or not pod.status.pod_ip:
+            continue
+        try:
+            text = core.connect_get_namespaced_pod_proxy_with_path(
+                f"{pod.metadata.name}:{port}", namespace, "metrics", _preload_content=False,
+                _request_timeout=cluster.REQUEST_TIMEOUT).data.decode()
+        except kubernetes.client.ApiException:
+            continue  # a pod that is stopping
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                rows.append({"pod": pod.metadata.name, "track": pod.metadata.labels.get("track"),
+                             "metric": sample.name, **sample.labels, "value": sample.value})
+    return pd.DataFrame(rows)
+
+
+def prediction_stats(namespace: str, by: str = "track") -> pd.DataFrame:
+    """The api-server pods' predictions since each pod started, grouped by a column of
+    `pod_metrics` (`track`, `pod`): requests, server errors (5xx), their ratio, and the p95
+    latency interpolated in the histogram's buckets as PromQL's histogram_quantile does."""
+    samples = pod_metrics(namespace)
+    if samples.empty:
+        return pd.DataFrame(columns=["requests", "errors", "error_ratio", "p95_seconds"])
+    predict = samples[samples.get("path").eq("/predict")]
+    counts = predict[predict.metric == "http_requests_total"]
+    requests = counts.groupby(by).value.sum()
+    errors = counts[counts.status.str.startswith("5")].groupby(by).value.sum().reindex(requests.index, fill_value=0)
+    buckets = predict[predict.metric == "http_request_duration_seconds_bucket"]
+    cumulative = buckets.groupby([by, "le"]).value.sum()
+    p95 = cumulative.groupby(level=0).apply(lambda group: _quantile(0.95, group.droplevel(0)))
+    return pd.DataFrame({"requests": requests, "errors": errors, "error_ratio": errors / requests,
+                         "p95_seconds": p95.reindex(requests.index)})
+
+
+def _quantile(q: float, cumulative: pd.Series) -> float:
+    """The q-quantile of a histogram given as cumulative counts by upper bound (`le` strings)."""
+    bounds = sorted((float(le), count) for le, count in cumulative.items())
+    total = bounds[-1][1]
+    if not total:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in bounds:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower  # past the last finite bucket: its bound is all we know
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    return lower
+
+
+def api_host(namespace: str) -> str:
+    """The public host of the platform in `namespace`, read from its Ingress."""
+    networking = kubernetes.client.NetworkingV1Api(cluster.api_client())
+    ingress = networking.read_namespaced_ingress("mlops-platform", namespace, _request_timeout=cluster.REQUEST_TIMEOUT)
+    return ingress.spec.rules[0].host
+
+
+def certificate_manifest(namespace: str, environment: str, folder: Path) -> Path:
+    """The file that re-creates the platform's Certificate in `namespace`: the guide's own
+    `infrastructure/<environment>/security/certificates.yaml` for the guide's namespace, else
+    that Certificate as the copy has it, written into `folder`."""
+    if namespace == home_namespace(environment):
+        return INFRASTRUCTURE / environment / "security" / "certificates.yaml"
+    [certificate] = [o for o in render(environment, namespace) if o["kind"] == "Certificate"]
+    path = Path(folder) / "certificates.yaml"
+    path.write_text(yaml.safe_dump(certificate, sort_keys=False))
+    return path
+
+
+def delete(*namespaces: str, timeout: float = 60) -> None:
+    """Delete namespaces (a grader's or CI's copies) and wait until they are gone."""
+    core = kubernetes.client.CoreV1Api(cluster.api_client())
+    for namespace in namespaces:
+        if namespace in map(home_namespace, ENVIRONMENTS):
+            raise ValueError(f"refusing to delete the guide's own namespace {namespace}")
+        try:
+            core.delete_namespace(namespace, _request_timeout=cluster.REQUEST_TIMEOUT)
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+    deadline = time.monotonic() + timeout
+    remaining = set(namespaces)
+    while remaining and time.monotonic() < deadline:
+        names = {n.metadata.name for n in core.list_namespace(_request_timeout=cluster.REQUEST_TIMEOUT).items}
+        remaining &= names
+        time.sleep(POLL if remaining else 0)
+    if remaining:
+        raise TimeoutError(f"namespaces still terminating after {timeout:.0f}s: {', '.join(sorted(remaining))}")
+
+
+class _kustomization:
+    """A temporary folder whose kustomization is the overlay moved to `namespace`, with its own
+    host when that is not the guide's namespace."""
+
+    def __init__(self, environment: str, namespace: str):
+        self.environment, self.namespace = environment, namespace
+        self.folder = tempfile.TemporaryDirectory(prefix="opslab-platform-")
+
+    def __enter__(self) -> str:
+        overlay = INFRASTRUCTURE / self.environment
+        home = home_namespace(self.environment)
+        kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                         "resources": [os.path.relpath(overlay, self.folder.name)],  # kustomize wants it relative
+                         "namespace": self.namespace}
+        if self.namespace != home:
+            host = f"{self.namespace}.{self._overlay_host(overlay)}"
+            kustomization["patches"] = [
+                _replace("Ingress", "mlops-platform", {"/spec/rules/0/host": host, "/spec/tls/0/hosts/0": host}),
+                _replace("Certificate", "mlops-platform-cert", {"/spec/dnsNames/0": host}),
+            ]
+        (Path(self.folder.name) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        return self.folder.name
+
+    def __exit__(self, *_) -> None:
+        self.folder.cleanup()
+
+    @staticmethod
+    def _overlay_host(overlay: Path) -> str:
+        text = cluster.kubectl("kustomize", str(overlay)).stdout
+        [ingress] = [o for o in yaml.safe_load_all(text) if o and o["kind"] == "Ingress"]
+        return ingress["spec"]["rules"][0]["host"]
+
+
+def _replace(kind: str, name: str, values: dict[str, str]) -> dict:
+    operations = [{"op": "replace", "path": path, "value": value} for path, value in values.items()]
+    return {"target": {"kind": kind, "name": name}, "patch": yaml.safe_dump(operations)}
+
+
+def _delete_extras(namespace: str, applied: list[str]) -> None:
+    """Delete the platform's Deployments and Services in `namespace` that the overlay does not hold."""
+    kept = set(applied)  # `deployment.apps/api-server`, `service/api-server`, …
+    listed = cluster.kubectl("get", "deployments.apps,services", "-n", namespace, "-l", PART_OF, "-o", "name").stdout
+    extras = [name for name in listed.split() if name not in kept]
+    if extras:
+        cluster.kubectl("delete", *extras, "-n", namespace, "--ignore-not-found", "--wait=false")
+
+
+# --- the platform's public entry: HTTPS through the Ingress gateway ------------------------------
+TLS_SECRET = "mlops-platform-tls"
+
+
+def lab_ca(namespace: str) -> str:
+    """The PEM certificate of the CA that issued the namespace's TLS certificate (`ca.crt` of its
+    TLS Secret): public, and what a client verifies the gateway with."""
+    core = kubernetes.client.CoreV1Api(cluster.api_client())
+    secret = core.read_namespaced_secret(TLS_SECRET, namespace, _request_timeout=cluster.REQUEST_TIMEOUT)
+    return base64.b64decode(secret.data["ca.crt"]).decode()
+
+
+def gateway_address() -> tuple[str, int]:
+    """Where the Ingress gateway listens: `INGRESS_ADDRESS` (`127.0.0.1:8443` in the lab)."""
+    host, _, port = setting("INGRESS_ADDRESS").rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def served_certificate(host: str, ca_pem: str, address: tuple[str, int] | None = None) -> x509.Certificate:
+    """The certificate the gateway serves for `host`, after verifying it with `ca_pem` for that
+    host: raises ssl.SSLCertVerificationError when it does not verify."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    with socket.create_connection(address or gateway_address(), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+class _Connection(http.client.HTTPSConnection):
+    """HTTPS to `host` (SNI, Host header, certificate check) at the gateway's address, as
+    `curl --resolve` does: no DNS entry needed."""
+
+    def __init__(self, host: str, address: tuple[str, int], context: ssl.SSLContext, timeout: float):
+        super().__init__(host, address[1], context=context, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = self._context.wrap_socket(socket.create_connection(self.address, self.timeout),
+                                              server_hostname=self.host)
+
+
+def call(namespace: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, dict, float]:
+    """One request to the platform in `namespace` through its Ingress, verified with the lab's CA:
+    GET, or POST when there is a JSON `body`. Returns status, JSON answer and seconds taken."""
+    connection = _Connection(api_host(namespace), gateway_address(),
+                             ssl.create_default_context(cadata=lab_ca(namespace)), timeout)
+    return _exchange(connection, path, body)
+
+
+def send_predictions(namespace: str, count: int = 100, concurrency: int = 8) -> pd.DataFrame:
+    """`count` predictions for random flowers through the Ingress, `concurrency` at a time, as
+    users would send them: one row per request, with its status and seconds."""
+    host, address = api_host(namespace), gateway_address()
+    context = ssl.create_default_context(cadata=lab_ca(namespace))
+    flowers = random.Random(count)
+
+    def one(_) -> tuple[int, float]:
+        features = [round(flowers.uniform(low, high), 1) for low, high in ((4.3, 7.9), (2.0, 4.4), (1.0, 6.9), (0.1, 2.5))]
+        try:
+            status, _, seconds = _exchange(_Connection(host, address, context, 10), "/predict", {"features": features})
+        except OSError:
+            status, seconds = 0, float("nan")  # no answer at all
+        return status, seconds
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return pd.DataFrame(pool.map(one, range(count)), columns=["status", "seconds"])
+
+
+def _exchange(connection: http.client.HTTPSConnection, path: str, body: dict | None) -> tuple[int, dict, float]:
+    started = time.perf_counter()
+    try:
+        if body is None:
+            connection.request("GET", path)
+        else:
+            connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        text = response.read()
+    finally:
+        connection.close()
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = {"text": text.decode(errors="replace")}
+    return response.status, answer, time.perf_counter() - started
