@@ -135,17 +135,23 @@ def wait_rolled_out(namespace: str, deployment: str, timeout: float = READY_TIME
         time.sleep(POLL)
 
 
+def replica_sets(namespace: str, deployment: str) -> list[kubernetes.client.V1ReplicaSet]:
+    """The ReplicaSets a Deployment owns: one per pod template it has rolled out and still keeps."""
+    apps = kubernetes.client.AppsV1Api(cluster.api_client())
+    owner = apps.read_namespaced_deployment(deployment, namespace, _request_timeout=cluster.REQUEST_TIMEOUT)
+    selector = ",".join(f"{k}={v}" for k, v in owner.spec.selector.match_labels.items())
+    listed = apps.list_namespaced_replica_set(namespace, label_selector=selector, _request_timeout=cluster.REQUEST_TIMEOUT)
+    return [rs for rs in listed.items if any(ref.uid == owner.metadata.uid for ref in rs.metadata.owner_references or ())]
+
+
 def revision(namespace: str, deployment: str) -> dict:
     """The Deployment's current revision: its number, its ReplicaSet and that ReplicaSet's
     `pod-template-hash`, which names the pod template (a rollback returns to an earlier one)."""
     apps = kubernetes.client.AppsV1Api(cluster.api_client())
-    owner = apps.read_namespaced_deployment(deployment, namespace, _request_timeout=cluster.REQUEST_TIMEOUT)
-    number = owner.metadata.annotations.get(REVISION)
-    selector = ",".join(f"{k}={v}" for k, v in owner.spec.selector.match_labels.items())
-    for replica_set in apps.list_namespaced_replica_set(namespace, label_selector=selector,
-                                                        _request_timeout=cluster.REQUEST_TIMEOUT).items:
-        owned = any(ref.uid == owner.metadata.uid for ref in replica_set.metadata.owner_references or ())
-        if owned and replica_set.metadata.annotations.get(REVISION) == number:
+    number = apps.read_namespaced_deployment(deployment, namespace, _request_timeout=cluster.REQUEST_TIMEOUT
+                                             ).metadata.annotations.get(REVISION)
+    for replica_set in replica_sets(namespace, deployment):
+        if replica_set.metadata.annotations.get(REVISION) == number:
             return {"revision": int(number), "replica_set": replica_set.metadata.name,
                     "pod_template_hash": replica_set.metadata.labels["pod-template-hash"],
                     "images": [c.image for c in replica_set.spec.template.spec.containers]}
@@ -254,8 +260,8 @@ def certificate_manifest(namespace: str, environment: str, folder: Path) -> Path
     return path
 
 
-def delete(*namespaces: str, timeout: float = 60) -> None:
-    """Delete namespaces (a grader's or CI's copies) and wait until they are gone."""
+def delete(*namespaces: str, wait: bool = True, timeout: float = 60) -> None:
+    """Delete copies of the platform (a grader's, CI's) and, when `wait`, wait until they are gone."""
     core = kubernetes.client.CoreV1Api(cluster.api_client())
     for namespace in namespaces:
         if namespace in map(home_namespace, ENVIRONMENTS):
@@ -266,13 +272,12 @@ def delete(*namespaces: str, timeout: float = 60) -> None:
             if error.status != 404:
                 raise
     deadline = time.monotonic() + timeout
-    remaining = set(namespaces)
-    while remaining and time.monotonic() < deadline:
-        names = {n.metadata.name for n in core.list_namespace(_request_timeout=cluster.REQUEST_TIMEOUT).items}
-        remaining &= names
+    remaining = set(namespaces) if wait else set()
+    while remaining:
+        remaining &= {n.metadata.name for n in core.list_namespace(_request_timeout=cluster.REQUEST_TIMEOUT).items}
+        if remaining and time.monotonic() > deadline:
+            raise TimeoutError(f"namespaces still terminating after {timeout:.0f}s: {', '.join(sorted(remaining))}")
         time.sleep(POLL if remaining else 0)
-    if remaining:
-        raise TimeoutError(f"namespaces still terminating after {timeout:.0f}s: {', '.join(sorted(remaining))}")
 
 
 class _kustomization:

@@ -1,7 +1,7 @@
 """The lab's notification sink: where Alertmanager's webhooks land, kept for notebooks to read.
 
-Each notification (Alertmanager's webhook document, with the time it arrived) is appended to a
-JSON-lines file, so it survives a restart; `GET /notifications` answers them all as a JSON list,
+Each notification POSTed to `/alerts` (Alertmanager's webhook document, with the time it
+arrived) is appended to a JSON-lines file, so it survives a restart; `GET /notifications` answers them all as a JSON list,
 `GET /notifications?since=<unix seconds>` those received after that moment.
 
     python -m opslab.lab.alert_receiver --listen 127.0.0.1:9095 --store notifications.jsonl
@@ -44,6 +44,8 @@ class Store:
 def handler(store: Store) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
+            if urlsplit(self.path).path != "/alerts":
+                return self._answer(404, {"error": "notifications are POSTed to /alerts"})
             length = int(self.headers.get("Content-Length") or 0)
             if not 0 < length <= MAX_BODY_BYTES:
                 return self._answer(400, {"error": f"expected a JSON body of 1 to {MAX_BODY_BYTES} bytes"})

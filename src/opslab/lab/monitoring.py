@@ -1,0 +1,224 @@
+"""The lab's observability: Prometheus, Alertmanager and what feeds them, as lab components.
+
+Prometheus (Debian's) discovers the platform's pods and the nodes through the lab's API server
+and scrapes them, the control plane, kube-state-metrics and the lab's own exporters every 5 s;
+it evaluates the platform's alert rules (rules/platform.rules.yaml) and sends what fires to
+Alertmanager (Debian's), which routes by the guide's severities to the lab's alert receiver.
+metrics-server serves `kubectl top` from kwok's kubelet resource metrics, which the
+resource-usage publisher feeds from the pods' real processes.
+
+Every listener is on loopback, except metrics-server on the lab link's host address, where the
+API server reaches it (DESIGN: the network boundary); every scrape target is on loopback or
+inside the lab's ranges.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import sys
+from pathlib import Path
+
+import requests
+import yaml
+
+from opslab.lab.build import BuildError
+from opslab.lab.components import MANIFESTS, Component
+from opslab.lab.network import bridge_ip
+from opslab.lab.processes import Command
+from opslab.lab.spec import LabSpec
+
+RULES = Path(__file__).parent / "rules"
+SCRAPE_INTERVAL = "5s"
+RETENTION = "2d"
+RELOAD_TIMEOUT = 10
+# Debian's packages: `apt-get install prometheus prometheus-alertmanager` (scripts/setup.sh).
+PROMETHEUS, ALERTMANAGER = "prometheus", "prometheus-alertmanager"
+# The guide's severities, each routed to where such an alert would go, re-sent as often as its
+# response time asks (P0 5 min, P1 15 min, P2 2 h, P3 next business day).
+ROUTES = {
+    "P0": ("page-oncall", "1s", "5m"),
+    "P1": ("page-oncall", "1s", "15m"),
+    "P2": ("ticket-platform-team", "5s", "2h"),
+    "P3": ("digest-platform-team", "10s", "24h"),
+}
+
+
+def _config_path(spec: LabSpec, name: str) -> Path:
+    return spec.paths.config / name
+
+
+# --- Prometheus -------------------------------------------------------------------------------
+def prometheus_config(spec: LabSpec) -> dict:
+    pki, net, ports = spec.paths.pki, spec.network, spec.ports
+    ca = {"ca_file": str(pki / "ca.crt")}
+    identity = {**ca, "cert_file": str(pki / "prometheus.crt"), "key_file": str(pki / "prometheus.key")}
+    discovery = lambda role: [{"role": role, "api_server": spec.apiserver_url, "tls_config": identity}]
+    static = lambda job, address, **extra: {"job_name": job, "static_configs": [{"targets": [address]}], **extra}
+    loopback = lambda port: f"127.0.0.1:{port}"
+    copy = lambda source, target: {"source_labels": [source], "target_label": target}
+    return {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": "4s", "evaluation_interval": SCRAPE_INTERVAL},
+        "rule_files": [str(_config_path(spec, "rules") / "*.yaml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [loopback(ports.alertmanager)]}]}]},
+        "scrape_configs": [
+            static("prometheus", loopback(ports.prometheus)),
+            static("alertmanager", loopback(ports.alertmanager)),
+            # The control plane, each at the address it listens on.
+            static("apiserver", f"{net.host_ip}:{ports.apiserver}", scheme="https", tls_config=identity),
+            static("etcd", "127.0.0.1:2381"),
+            static("kube-controller-manager", loopback(ports.controller_manager), scheme="https",
+                   tls_config=identity),
+            static("kube-scheduler", loopback(ports.scheduler), scheme="https", tls_config=identity),
+            static("kube-proxy", f"{net.node_ip}:10249"),
+            static("coredns", f"{bridge_ip(net).ip}:9153"),
+            static("kwok", f"{net.host_ip}:{ports.kwok}", scheme="https", tls_config=ca),
+            # Cluster state as metrics; its own labels (namespace, pod) are the ones that count.
+            static("kube-state-metrics", loopback(ports.kube_state_metrics), honor_labels=True),
+            static("certificates", loopback(ports.certificate_metrics)),
+            static("backups", loopback(ports.backup_metrics)),
+            # Each node's kubelet resource metrics (served by kwok) at the path its annotation names.
+            {"job_name": "kubelet", "scheme": "https", "tls_config": ca, "kubernetes_sd_configs": discovery("node"),
+             "relabel_configs": [
+                 {"source_labels": ["__meta_kubernetes_node_annotation_metrics_k8s_io_resource_metrics_path"],
+                  "regex": "(.+)", "action": "keep"},
+                 copy("__meta_kubernetes_node_annotation_metrics_k8s_io_resource_metrics_path", "__metrics_path__"),
+                 copy("__meta_kubernetes_node_name", "node"),
+                 copy("__meta_kubernetes_node_name", "instance"),
+             ]},
+            # The platform's pods, by their prometheus.io annotations, while they run.
+            {"job_name": "kubernetes-pods", "kubernetes_sd_configs": discovery("pod"), "relabel_configs": [
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "regex": "true",
+                 "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
+                {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+                 "regex": r"([^:]+)(?::\d+)?;(\d+)", "replacement": "$1:$2", "target_label": "__address__"},
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "regex": "(.+)",
+                 "target_label": "__metrics_path__"},
+                copy("__meta_kubernetes_namespace", "namespace"),
+                copy("__meta_kubernetes_pod_name", "pod"),
+                copy("__meta_kubernetes_pod_node_name", "node"),
+                copy("__meta_kubernetes_pod_label_app", "app"),
+                copy("__meta_kubernetes_pod_label_track", "track"),
+            ]},
+        ],
+    }
+
+
+# --- Alertmanager -----------------------------------------------------------------------------
+def alertmanager_config(spec: LabSpec) -> dict:
+    receiver_url = f"http://127.0.0.1:{spec.ports.alert_receiver}/alerts"
+    receivers = sorted({receiver for receiver, _, _ in ROUTES.values()})
+    return {
+        "global": {"resolve_timeout": "1m"},
+        "route": {
+            "receiver": ROUTES["P3"][0],  # an alert without a severity is read with the least urgent
+            "group_by": ["alertname", "namespace", "severity"],
+            "group_wait": "5s", "group_interval": "10s", "repeat_interval": "24h",
+            "routes": [{"matchers": [f'severity="{severity}"'], "receiver": receiver, "group_wait": wait,
+                        "repeat_interval": repeat} for severity, (receiver, wait, repeat) in ROUTES.items()],
+        },
+        # An outage (P0) makes the lesser alerts of its namespace noise: they are held back meanwhile.
+        "inhibit_rules": [{"source_matchers": ['severity="P0"'], "target_matchers": ['severity=~"P1|P2|P3"'],
+                           "equal": ["namespace"]}],
+        "receivers": [{"name": name, "webhook_configs": [{"url": receiver_url, "send_resolved": True}]}
+                      for name in receivers],
+    }
+
+
+# --- metrics-server's APIService: it carries the lab's CA -------------------------------------
+def metrics_apiservice(spec: LabSpec) -> dict:
+    ca = base64.b64encode((spec.paths.pki / "ca.crt").read_bytes()).decode()
+    return {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1beta1.metrics.k8s.io"},
+            "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
+                     "versionPriority": 100, "caBundle": ca,
+                     "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443}}}
+
+
+def write_configs(spec: LabSpec) -> None:
+    """Prometheus's and Alertmanager's configurations, the alert rules and metrics-server's
+    APIService, rewritten at every `up`; a running Prometheus or Alertmanager whose files changed
+    reloads them."""
+    for program in (PROMETHEUS, ALERTMANAGER):
+        if not shutil.which(program):
+            raise BuildError(f"{program} is not installed: run scripts/setup.sh (Debian's prometheus and "
+                             "prometheus-alertmanager packages).")
+    rules = _config_path(spec, "rules")
+    rules.mkdir(parents=True, exist_ok=True)
+    files = {
+        _config_path(spec, "prometheus.yml"): yaml.safe_dump(prometheus_config(spec), sort_keys=False),
+        _config_path(spec, "alertmanager.yml"): yaml.safe_dump(alertmanager_config(spec), sort_keys=False),
+        **{rules / source.name: source.read_text() for source in RULES.glob("*.yaml")},
+        _config_path(spec, "metrics-apiservice.yaml"): yaml.safe_dump(metrics_apiservice(spec), sort_keys=False),
+    }
+    changed = {path for path, text in files.items() if not path.exists() or path.read_text() != text}
+    for path in changed:
+        path.write_text(files[path])
+    reloads = {f"http://127.0.0.1:{spec.ports.prometheus}/-/reload": changed - {_config_path(spec, "alertmanager.yml")},
+               f"http://127.0.0.1:{spec.ports.alertmanager}/-/reload": changed & {_config_path(spec, "alertmanager.yml")}}
+    for url, paths in reloads.items():
+        if paths:
+            try:
+                requests.post(url, timeout=RELOAD_TIMEOUT)
+            except requests.ConnectionError:
+                pass  # not running: it reads the new files when it starts
+
+
+# --- the components ---------------------------------------------------------------------------
+def monitoring_components(spec: LabSpec, binaries: Path) -> list[Component]:
+    """In start order: what Prometheus scrapes and alerts to comes up before it."""
+    pki, ports, config, home = spec.paths.pki, spec.ports, spec.paths.config, spec.paths.home
+    host = spec.network.host_ip
+    module = lambda name, *args: Command(name, [sys.executable, "-m", f"opslab.lab.{name.replace('-', '_')}", *args])
+    loopback = lambda port: ("127.0.0.1", port)
+    rbac = (MANIFESTS / "monitoring.yaml",)
+
+    kube_state_metrics = [
+        str(binaries / "kube-state-metrics"), f"--kubeconfig={config / 'kube-state-metrics.kubeconfig'}",
+        "--host=127.0.0.1", f"--port={ports.kube_state_metrics}",
+        "--telemetry-host=127.0.0.1", f"--telemetry-port={ports.kube_state_metrics_telemetry}",
+        "--resources=cronjobs,daemonsets,deployments,endpointslices,horizontalpodautoscalers,ingresses,jobs,"
+        "namespaces,networkpolicies,nodes,persistentvolumeclaims,persistentvolumes,poddisruptionbudgets,pods,"
+        "replicasets,resourcequotas,services,statefulsets",
+    ]
+    metrics_server = [
+        str(binaries / "metrics-server"),
+        f"--bind-address={host}", f"--secure-port={ports.metrics_server}",
+        f"--tls-cert-file={pki / 'metrics-server.crt'}", f"--tls-private-key-file={pki / 'metrics-server.key'}",
+        *(f"--{flag}={config / 'metrics-server.kubeconfig'}"
+          for flag in ("kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig")),
+        # kwok answers for every node at the node's address, with a certificate from the lab's CA.
+        "--kubelet-preferred-address-types=InternalIP", "--kubelet-use-node-status-port",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        "--metric-resolution=15s",
+    ]
+    alertmanager = [
+        ALERTMANAGER, f"--config.file={config / 'alertmanager.yml'}", f"--storage.path={spec.paths.alertmanager_data}",
+        f"--web.listen-address=127.0.0.1:{ports.alertmanager}",
+        "--cluster.listen-address=",  # one instance: no gossip port, which would listen on a wildcard
+    ]
+    prometheus = [
+        PROMETHEUS, f"--config.file={config / 'prometheus.yml'}", f"--storage.tsdb.path={spec.paths.prometheus_data}",
+        f"--storage.tsdb.retention.time={RETENTION}", f"--web.listen-address=127.0.0.1:{ports.prometheus}",
+        "--web.enable-lifecycle",  # `up` reloads changed rules and configuration with POST /-/reload
+    ]
+    return [
+        Component("resource-usage", module("resource-usage", "--home", str(home)), None, None,
+                  prerequisites=rbac),
+        Component("kube-state-metrics", Command("kube-state-metrics", kube_state_metrics),
+                  loopback(ports.kube_state_metrics), f"http://127.0.0.1:{ports.kube_state_metrics}/livez",
+                  prerequisites=rbac),
+        Component("metrics-server", Command("metrics-server", metrics_server), (host, ports.metrics_server),
+                  f"https://{host}:{ports.metrics_server}/livez",
+                  prerequisites=(*rbac, config / "metrics-apiservice.yaml")),
+        Component("backup-exporter", module("backup-exporter", "--root", str(spec.paths.backups),
+                                            "--listen", f"127.0.0.1:{ports.backup_metrics}"),
+                  loopback(ports.backup_metrics), f"http://127.0.0.1:{ports.backup_metrics}/metrics"),
+        Component("alert-receiver", module("alert-receiver", "--listen", f"127.0.0.1:{ports.alert_receiver}",
+                                           "--store", str(spec.paths.notifications)),
+                  loopback(ports.alert_receiver), f"http://127.0.0.1:{ports.alert_receiver}/healthz"),
+        Component("alertmanager", Command("alertmanager", alertmanager), loopback(ports.alertmanager),
+                  f"http://127.0.0.1:{ports.alertmanager}/-/ready"),
+        Component("prometheus", Command("prometheus", prometheus), loopback(ports.prometheus),
+                  f"http://127.0.0.1:{ports.prometheus}/-/ready"),
+    ]
