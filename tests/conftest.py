@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import kubernetes
@@ -11,6 +10,7 @@ import pytest
 
 from opslab import cluster
 from opslab.lab.lab import Lab
+from tests.waiting import wait_for  # noqa: F401 - shared with the test modules
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +37,3 @@ def namespace(api):
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.25, what: str = "condition"):
-    """Poll until `predicate()` is truthy and return it; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")

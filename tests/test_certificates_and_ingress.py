@@ -32,7 +32,7 @@ from opslab import cluster
 from opslab.lab.certificates import ensure_lab_ca
 from opslab.lab.spec import LabSpec
 from opslab.lab.x509 import issue_server_certificate, load_key_pair
-from tests.conftest import wait_for
+from tests.waiting import wait_for
 
 CRDS = Path(__file__).resolve().parents[1] / "infrastructure" / "cluster" / "crds"
 LAB_LINK_ADDRESS = LabSpec.default().network.host_ip

@@ -12,7 +12,7 @@ from kubernetes.client.rest import ApiException
 from opslab import cluster
 from opslab.lab import build
 from opslab.lab.spec import NODE_NAMES
-from tests.conftest import wait_for
+from tests.waiting import wait_for
 
 
 def kubectl_json(*args: str) -> dict:

@@ -18,7 +18,7 @@ import pytest
 from opslab import cluster, config
 from opslab.lab.lab import Lab, LabError
 from opslab.lab.spec import LabSpec, Paths, Ports
-from tests.conftest import wait_for
+from tests.waiting import wait_for
 
 OPSLAB = [sys.executable, "-m", "opslab.cli"]
 

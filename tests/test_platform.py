@@ -20,7 +20,7 @@ from cryptography import x509
 
 from opslab import cluster
 from opslab.config import setting
-from tests.conftest import wait_for
+from tests.waiting import wait_for
 
 NS = "mlops-production"
 CERTIFICATES = Path(__file__).parents[1] / "infrastructure/production/security/certificates.yaml"

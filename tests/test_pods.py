@@ -14,7 +14,7 @@ import requests
 from opslab import cluster
 from opslab.lab import network, podnet
 from opslab.lab.podlet import pod_processes, process_name
-from tests.conftest import wait_for
+from tests.waiting import wait_for
 
 MODEL_SERVER = "registry.local/mlops/model-server:2.1.0"
 

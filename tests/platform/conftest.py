@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlops_platform.http_client import Reply, request_json
 from mlops_platform.schema import SCHEMA_FILE
+from tests.waiting import wait_for
 
 STARTUP_TIMEOUT_SECONDS = 30
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -36,17 +37,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll until `predicate()` is truthy and return it; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -168,7 +158,7 @@ class Program:
                 pytest.fail(f"{self.module} exited with {self.process.returncode}:\n{self.output()}")
             return '"msg": "listening"' in self.output()
 
-        wait_until(listening, STARTUP_TIMEOUT_SECONDS, f"{self.module} to listen on port {self.port}")
+        wait_for(listening, STARTUP_TIMEOUT_SECONDS, f"{self.module} to listen on port {self.port}")
         return self
 
     def wait_exit(self, timeout: float) -> int:

@@ -21,7 +21,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.platform.conftest import STARTUP_TIMEOUT_SECONDS, Postgres, free_port, wait_until
+from tests.platform.conftest import STARTUP_TIMEOUT_SECONDS, Postgres, free_port
+from tests.waiting import wait_for
 
 COUNTS = "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM models), (SELECT count(*) FROM predictions)"
 STOP_TIMEOUT_SECONDS = 15
@@ -54,7 +55,7 @@ class Entrypoint:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mlops_platform.postgres"], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_until(self._accepting, STARTUP_TIMEOUT_SECONDS, f"postgres on port {self.server.port}")
+        wait_for(self._accepting, STARTUP_TIMEOUT_SECONDS, f"postgres on port {self.server.port}")
         return self
 
     def _accepting(self) -> bool:
@@ -153,8 +154,8 @@ def test_a_killed_entrypoint_takes_the_server_with_it(database):
     database.process.kill()
     database.process.wait(STOP_TIMEOUT_SECONDS)
     # Left running, the server would hold the data directory and the pod's next start would fail.
-    wait_until(lambda: not Path(f"/proc/{server_pid}").exists(), STOP_TIMEOUT_SECONDS, "the server to exit")
-    wait_until(lambda: not (database.data_dir / "postmaster.pid").exists(), STOP_TIMEOUT_SECONDS, "its lock file")
+    wait_for(lambda: not Path(f"/proc/{server_pid}").exists(), STOP_TIMEOUT_SECONDS, "the server to exit")
+    wait_for(lambda: not (database.data_dir / "postmaster.pid").exists(), STOP_TIMEOUT_SECONDS, "its lock file")
     database.start()
     assert database.psql(COUNTS) == "40|5|400"
 
