@@ -7,16 +7,29 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 missing=()
-# command:package — the lab's network tools, PostgreSQL, and what `kubectl exec` offers in a pod.
+# command:package — the lab's network tools, PostgreSQL, what `kubectl exec` offers in a pod, and
+# Alertmanager with its amtool.
 for pair in ip:iproute2 ss:iproute2 iptables:iptables conntrack:conntrack sysctl:procps \
-            runuser:util-linux curl:curl nslookup:bind9-dnsutils psql:postgresql git:git; do
+            runuser:util-linux curl:curl nslookup:bind9-dnsutils psql:postgresql git:git \
+            prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# Debian's services would start their own instances at install and at boot (Alertmanager's on a
+# wildcard address); the lab runs its own, on loopback. invoke-rc.d and deb-systemd-invoke start
+# nothing while policy-rc.d says 101.
+policy=/usr/sbin/policy-rc.d
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing Debian packages: ${missing[*]}"
   apt-get update -qq
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ -d /run/systemd/system ]; then
+  systemctl disable --now prometheus-alertmanager.service >/dev/null 2>&1 || true
 fi
 
 python=$(command -v python3.11 || command -v python3)

@@ -16,7 +16,7 @@ import kubernetes
 
 from opslab import cluster, platform
 
-CANARY_MAX_ERROR_RATIO = 0.02  # the canary rule of module 02: promote only below both limits
+CANARY_MAX_ERROR_RATIO = 0.02  # the canary rule of module 02: promote only at or below both limits
 CANARY_MAX_P95_SECONDS = 0.25
 POLL = 0.5  # s
 
@@ -57,7 +57,7 @@ def _progress(deployment) -> str:
 
 
 def deployment_runs(namespace: str, name: str, image_tag: str, replicas: int | None = None,
-                    timeout: float = 60) -> None:
+                    timeout: float = 120) -> None:
     """Deployment `name` runs release `image_tag` on all its replicas (`replicas` of them, when
     given), every one available, none of an older release left."""
     def look():
@@ -75,7 +75,7 @@ def deployment_runs(namespace: str, name: str, image_tag: str, replicas: int | N
     _eventually(look, timeout)
 
 
-def rollout_complete(namespace: str, name: str, timeout: float = 60) -> None:
+def rollout_complete(namespace: str, name: str, timeout: float = 120) -> None:
     """Deployment `name` runs its current template on every replica, all available."""
     def look():
         deployment = _deployment(namespace, name)
@@ -85,7 +85,7 @@ def rollout_complete(namespace: str, name: str, timeout: float = 60) -> None:
 
 
 def deployment_on_revision_with_image(namespace: str, name: str, image_tag: str,
-                                      pod_template_hash: str | None = None, timeout: float = 60) -> None:
+                                      pod_template_hash: str | None = None, timeout: float = 120) -> None:
     """Deployment `name` has rolled out release `image_tag`, on the pod template
     `pod_template_hash` when given (the revision that was good before), however it got there:
     `kubectl rollout undo`, `kubectl set image` or the Python client."""
@@ -144,20 +144,54 @@ def certificate_served(host: str, ingress_address: str, ca_pem: str, min_days_le
 
 
 def error_ratio_below(namespace: str, threshold: float, deployment: str = "api-server",
-                      min_requests: int = 20, timeout: float = 60) -> None:
-    """The pods of the Deployment's current revision answer predictions with a share of server
-    errors (5xx) below `threshold`, over at least `min_requests` predictions, waiting for that
-    much traffic up to `timeout`."""
+                      min_requests: int = 10, timeout: float = 60) -> None:
+    """The pods of the Deployment's current revision fail a share of predictions below
+    `threshold`, counted in Prometheus over everything they answered since they started; waits
+    up to `timeout` for at least `min_requests` predictions to judge by."""
     current = platform.revision(namespace, deployment)["pod_template_hash"]
 
     def look():
-        stats = platform.prediction_stats(namespace, by="pod")
-        stats = stats[[pod.startswith(f"{deployment}-{current}-") for pod in stats.index]]
-        requests, errors = stats.requests.sum(), stats.errors.sum()
+        counted = platform.predictions(namespace, by="app", where=f'pod=~"{deployment}-{current}-.*"')
+        requests, errors = counted.requests.sum(), counted.errors.sum()
         if requests < min_requests:
-            raise _NotYet(f"Only {requests:.0f} predictions have reached {deployment}'s current pods in "
-                          f"{namespace}, too few to judge its error ratio (need {min_requests}).")
+            raise _NotYet(f"Prometheus has seen only {requests:.0f} predictions answered by {deployment}'s "
+                          f"current pods in {namespace}, too few to judge its error ratio (need {min_requests}).")
         if errors / requests >= threshold:
-            raise AssertionError(f"{deployment} in {namespace} still fails {errors / requests:.1%} of predictions "
-                                 f"({errors:.0f} of {requests:.0f}); it should be below {threshold:.1%}.")
+            raise AssertionError(f"{deployment}'s current pods in {namespace} fail {errors / requests:.1%} of "
+                                 f"predictions ({errors:.0f} of {requests:.0f}); it should be below {threshold:.1%}.")
     _eventually(look, timeout)
+
+
+def canary_verdict(namespace: str, over: str = "15m", min_requests: int = 20, timeout: float = 60) -> tuple[str, str]:
+    """The verdict the canary rule gives on the canary's own predictions in Prometheus (its pods,
+    also those stopped within `over`), and the evidence in a sentence."""
+    def look():
+        canary = platform.predictions(namespace, over=over)
+        requests = canary.requests.get("canary", 0)
+        if requests < min_requests:
+            raise _NotYet(f"Prometheus holds only {requests:.0f} predictions answered by the canary in {namespace}, "
+                          f"too few to judge it (need {min_requests}).")
+        return canary.loc["canary"]
+    measured = _eventually(look, timeout)
+    good = measured.error_ratio <= CANARY_MAX_ERROR_RATIO and measured.p95_seconds <= CANARY_MAX_P95_SECONDS
+    evidence = (f"the canary failed {measured.error_ratio:.1%} of {measured.requests:.0f} predictions (at most "
+                f"{CANARY_MAX_ERROR_RATIO:.0%} allowed) with a p95 latency of {measured.p95_seconds * 1000:.0f} ms "
+                f"(at most {CANARY_MAX_P95_SECONDS * 1000:.0f} ms allowed)")
+    return ("promote" if good else "abort"), evidence
+
+
+def canary_verdict_matches(namespace: str, verdict, canary_tag: str, stable_tag: str,
+                           canary: str = "api-server-canary", stable: str = "api-server") -> None:
+    """`verdict` is what the canary rule says on the canary's data in Prometheus, and the cluster
+    is in the state it calls for: promoted, the stable Deployment runs the canary's release;
+    aborted, the canary is gone (or scaled to 0) and the stable release is unchanged."""
+    if verdict not in ("promote", "abort"):
+        raise AssertionError(f"The verdict must be 'promote' or 'abort', not {verdict!r}.")
+    expected, evidence = canary_verdict(namespace)
+    if verdict != expected:
+        raise AssertionError(f"The verdict is {verdict!r}, but {evidence}: the rule says {expected!r}.")
+    if verdict == "promote":
+        deployment_runs(namespace, stable, canary_tag)
+    else:
+        deployment_stopped(namespace, canary)
+        deployment_runs(namespace, stable, stable_tag)

@@ -28,9 +28,8 @@ import kubernetes
 import pandas as pd
 import yaml
 from cryptography import x509
-from prometheus_client.parser import text_string_to_metric_families
 
-from opslab import cluster
+from opslab import cluster, prometheus
 from opslab.config import setting
 
 INFRASTRUCTURE = Path(__file__).resolve().parents[2] / "infrastructure"
@@ -69,6 +68,7 @@ def ensure(namespace: str, environment: str, *, wait: bool = True, timeout: floa
     (a canary, a blue-green Service) are deleted; then, unless `wait` is False, it waits until
     every workload has rolled out.
     """
+    _wait_not_terminating(namespace, timeout)
     with _kustomization(environment, namespace) as folder:
         applied = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", folder, "-o", "name",
                                   timeout=60).stdout.split()
@@ -184,61 +184,39 @@ def deploy_beside(namespace: str, tag: str, *, track: str = "canary", stable: st
     return name
 
 
-def pod_metrics(namespace: str, selector: str = "app=api-server", port: int = 8000) -> pd.DataFrame:
-    """Every sample of every running pod's /metrics that `selector` picks, read through the API
-    server's pod proxy: one row per sample with the pod, its `track`, the metric's name, its
-    labels (one column each) and the value."""
-    core = kubernetes.client.CoreV1Api(cluster.api_client())
-    rows = []
-    for pod in core.list_namespaced_pod(namespace, label_selector=selector,
-                                        _request_timeout=cluster.REQUEST_TIMEOUT).items:
-        if pod.status.phase != "Running" or not pod.status.pod_ip:
-            continue
-        try:
-            text = core.connect_get_namespaced_pod_proxy_with_path(
-                f"{pod.metadata.name}:{port}", namespace, "metrics", _preload_content=False,
-                _request_timeout=cluster.REQUEST_TIMEOUT).data.decode()
-        except kubernetes.client.ApiException:
-            continue  # a pod that is stopping
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                rows.append({"pod": pod.metadata.name, "track": pod.metadata.labels.get("track"),
-                             "metric": sample.name, **sample.labels, "value": sample.value})
-    return pd.DataFrame(rows)
+def predictions(namespace: str, by: str = "track", where: str = "", over: str | None = None) -> pd.DataFrame:
+    """The predictions the api-server's pods in `namespace` answered, from Prometheus, grouped
+    `by` a label of theirs (`track`, `pod`): requests, server errors (5xx), their ratio, and the
+    p95 latency that histogram_quantile reads from the latency buckets.
 
+    A pod's counters start at zero when it starts, so their values now count everything the
+    running pods have answered. With `over` (a PromQL duration such as "15m"), each series'
+    highest value within that time is taken instead, which still counts pods that stopped
+    meanwhile. `where` adds label matchers (`pod=~"api-server-5d4f.*"`). The PromQL asked is in
+    the table's `attrs["promql"]`.
+    """
+    matchers = f'namespace="{namespace}", app="api-server", path="/predict"' + (f", {where}" if where else "")
 
-def prediction_stats(namespace: str, by: str = "track") -> pd.DataFrame:
-    """The api-server pods' predictions since each pod started, grouped by a column of
-    `pod_metrics` (`track`, `pod`): requests, server errors (5xx), their ratio, and the p95
-    latency interpolated in the histogram's buckets as PromQL's histogram_quantile does."""
-    samples = pod_metrics(namespace)
-    if samples.empty:
-        return pd.DataFrame(columns=["requests", "errors", "error_ratio", "p95_seconds"])
-    predict = samples[samples.get("path").eq("/predict")]
-    counts = predict[predict.metric == "http_requests_total"]
-    requests = counts.groupby(by).value.sum()
-    errors = counts[counts.status.str.startswith("5")].groupby(by).value.sum().reindex(requests.index, fill_value=0)
-    buckets = predict[predict.metric == "http_request_duration_seconds_bucket"]
-    cumulative = buckets.groupby([by, "le"]).value.sum()
-    p95 = cumulative.groupby(level=0).apply(lambda group: _quantile(0.95, group.droplevel(0)))
-    return pd.DataFrame({"requests": requests, "errors": errors, "error_ratio": errors / requests,
-                         "p95_seconds": p95.reindex(requests.index)})
+    def series(metric: str, extra: str = "") -> str:
+        selected = f"{metric}{{{matchers}{extra}}}"
+        return f"max_over_time({selected}[{over}])" if over else selected
 
-
-def _quantile(q: float, cumulative: pd.Series) -> float:
-    """The q-quantile of a histogram given as cumulative counts by upper bound (`le` strings)."""
-    bounds = sorted((float(le), count) for le, count in cumulative.items())
-    total = bounds[-1][1]
-    if not total:
-        return float("nan")
-    rank, lower, below = q * total, 0.0, 0.0
-    for upper, count in bounds:
-        if count >= rank:
-            if upper == float("inf"):
-                return lower  # past the last finite bucket: its bound is all we know
-            return lower + (upper - lower) * (rank - below) / (count - below)
-        lower, below = upper, count
-    return lower
+    server_errors = ', status=~"5.."'
+    queries = {
+        "requests": f"sum by ({by}) ({series('http_requests_total')})",
+        "errors": f"sum by ({by}) ({series('http_requests_total', server_errors)})",
+        "p95_seconds": f"histogram_quantile(0.95, sum by ({by}, le) ({series('http_request_duration_seconds_bucket')}))",
+    }
+    answers = {}
+    for name, promql in queries.items():
+        frame = prometheus.query(promql)
+        answers[name] = frame.set_index(by)["value"] if by in frame else pd.Series(dtype=float)
+    table = pd.DataFrame({"requests": answers["requests"],
+                          "errors": answers["errors"].reindex(answers["requests"].index, fill_value=0.0)})
+    table["error_ratio"] = table.errors / table.requests
+    table["p95_seconds"] = answers["p95_seconds"].reindex(table.index)
+    table.attrs["promql"] = queries  # what was asked, for whoever wants to ask it themselves
+    return table.rename_axis(by)
 
 
 def api_host(namespace: str) -> str:
@@ -313,6 +291,24 @@ class _kustomization:
         return ingress["spec"]["rules"][0]["host"]
 
 
+def _wait_not_terminating(namespace: str, timeout: float) -> None:
+    """A namespace being deleted (a previous run's clean-up) accepts nothing new: wait until it is gone."""
+    core = kubernetes.client.CoreV1Api(cluster.api_client())
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            phase = core.read_namespace(namespace, _request_timeout=cluster.REQUEST_TIMEOUT).status.phase
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        if phase != "Terminating":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"namespace {namespace} is still being deleted after {timeout:.0f}s")
+        time.sleep(POLL)
+
+
 def _replace(kind: str, name: str, values: dict[str, str]) -> dict:
     operations = [{"op": "replace", "path": path, "value": value} for path, value in values.items()]
     return {"target": {"kind": kind, "name": name}, "patch": yaml.safe_dump(operations)}
@@ -375,7 +371,7 @@ def call(namespace: str, path: str, body: dict | None = None, timeout: float = 1
     return _exchange(connection, path, body)
 
 
-def send_predictions(namespace: str, count: int = 100, concurrency: int = 8) -> pd.DataFrame:
+def send_predictions(namespace: str, count: int = 100, concurrency: int = 4) -> pd.DataFrame:
     """`count` predictions for random flowers through the Ingress, `concurrency` at a time, as
     users would send them: one row per request, with its status and seconds."""
     host, address = api_host(namespace), gateway_address()

@@ -26,12 +26,15 @@ BINARIES = {
     "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
     "kwok": "sigs.k8s.io/kwok/cmd/kwok",
     "coredns": "./cmd/coredns",  # CoreDNS's own module, with the lab's choice of plugins
-    "metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server",
+    "prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
+    "promtool": "github.com/prometheus/prometheus/cmd/promtool",
     "kube-state-metrics": "k8s.io/kube-state-metrics/v2",
+    "metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server",
 }
-# Binaries built in a module of their own, a folder under gobuild/: kube-state-metrics does not
-# compile against the control plane's k8s.io/* pins, so it keeps the ones it was released with.
-OWN_MODULES = {"kube-state-metrics": "kube-state-metrics"}
+# Binaries built in a module of their own, a folder under gobuild/ with its own go.mod: each needs
+# the k8s.io/* versions it was released with, not the control plane's pins (see each go.mod).
+OWN_MODULES = {"prometheus": "prometheus", "promtool": "prometheus", "kube-state-metrics": "kube-state-metrics",
+               "metrics-server": "metrics-server"}
 
 # kwok ships its stages and CRDs as manifests in its module. kwok keeps the nodes alive; pods
 # are the lab's pod runner's (podlet), which publishes the Exec, Logs and PortForward objects.

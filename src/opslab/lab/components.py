@@ -14,10 +14,10 @@ import yaml
 
 import sys
 
-from opslab.lab.build import KWOK_CRDS_FILE, KWOK_STAGES_FILE
+from opslab.lab.build import KWOK_CRDS_FILE, KWOK_METRICS_FILE, KWOK_STAGES_FILE
 from opslab.lab.network import bridge_ip
 from opslab.lab.processes import Command
-from opslab.lab.spec import LabSpec
+from opslab.lab.spec import NODE_NAMES, LabSpec
 
 HEALTH_TIMEOUT = 2.0
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -65,7 +65,22 @@ def write_configs(spec: LabSpec, binaries: Path) -> None:
             "options": {"nodeLeaseDurationSeconds": 40, "nodeLeaseParallelism": 4,
                         "podPlayStageParallelism": 4, "nodePlayStageParallelism": 4,
                         "podsOnNodeSyncParallelism": 1, "enableDebuggingHandlers": True}}
-    (config / "kwok.yaml").write_text(yaml.safe_dump(kwok) + "---\n" + (binaries / KWOK_STAGES_FILE).read_text())
+    # kwok also plays each node's kubelet resource metrics (its Metric) from what the pods' processes
+    # really use (ResourceUsage objects, resource_usage.py). A pod with no such record (simulated, or
+    # not measured yet) gets kwok's own default, 1m and 1Mi: metrics-server drops a pod that reports
+    # no CPU at all, and `kubectl top pods` then fails for its whole namespace.
+    # kwok counts a node's pods only with a pod stage loaded: this one matches no pod, so kwok
+    # follows the pods and never changes one (the podlet plays them).
+    no_usage = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterResourceUsage",
+                "metadata": {"name": "no-usage-recorded"},
+                "spec": {"usages": [{"usage": {"cpu": {"value": "1m"}, "memory": {"value": "1Mi"}}}]}}
+    follow_pods = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "pod-follow-only"},
+                   "spec": {"resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+                            "selector": {"matchExpressions": [{"key": ".metadata.name", "operator": "DoesNotExist"}]},
+                            "next": {}}}
+    (config / "kwok.yaml").write_text("---\n".join([
+        yaml.safe_dump(kwok), (binaries / KWOK_STAGES_FILE).read_text(), (binaries / KWOK_METRICS_FILE).read_text(),
+        yaml.safe_dump(no_usage), yaml.safe_dump(follow_pods)]))
     (config / "Corefile").write_text(_corefile(spec))
     _write_pod_shims(spec)
 
@@ -129,7 +144,7 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived"],
     "rules": [
         {"level": "None", "users": ["system:kube-scheduler", "system:kube-controller-manager",
-                                    "system:kwok-controller", "system:apiserver"]},
+                                    "system:kwok-controller", "system:apiserver", "opslab:resource-usage"]},
         {"level": "None", "userGroups": ["system:serviceaccounts:kube-system", "system:nodes"]},
         {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version", "/metrics"]},
         {"level": "None", "resources": [{"group": "", "resources": ["events"]},
@@ -217,7 +232,7 @@ def components(spec: LabSpec, binaries: Path) -> list[Component]:
                 cidr=f"{net.cluster_cidr[254 * 256]}/24",
                 node_ip=host, node_port=ports.kwok, server_address=f"{host}:{ports.kwok}",
                 tls_cert_file=pki / "kwok.crt", tls_private_key_file=pki / "kwok.key",
-                enable_crds="Exec,Logs,PortForward"),
+                enable_crds="Exec,Logs,PortForward,ResourceUsage"),
     ]
     node = net.node_ip
     kube_proxy = [
@@ -243,15 +258,19 @@ def components(spec: LabSpec, binaries: Path) -> list[Component]:
                   ("127.0.0.1", ports.controller_manager), f"https://127.0.0.1:{ports.controller_manager}/healthz"),
         Component("kube-scheduler", Command("kube-scheduler", scheduler),
                   ("127.0.0.1", ports.scheduler), f"https://127.0.0.1:{ports.scheduler}/healthz"),
+        # Healthy once it also serves a node's resource metrics: a kwok started without them is restarted.
         Component("kwok", Command("kwok", kwok, env={"PATH": str(shim_dir(spec))}), (host, ports.kwok),
-                  f"https://{host}:{ports.kwok}/healthz", prerequisites=(binaries / KWOK_CRDS_FILE,)),
+                  f"https://{host}:{ports.kwok}/metrics/nodes/{NODE_NAMES[0]}/metrics/resource",
+                  prerequisites=(binaries / KWOK_CRDS_FILE,)),
         # kube-proxy exits when its node's addresses change, so it waits for them.
         Component("kube-proxy", Command("kube-proxy", kube_proxy, netns=net.node_namespace),
                   (node, 10256), f"http://{node}:10256/healthz", needs_nodes=True),
         Component("coredns", Command("coredns", coredns, netns=net.node_namespace), (str(dns), 53),
                   f"http://{dns}:8080/health", prerequisites=(MANIFESTS / "dns.yaml",)),
         Component("podlet", Command("podlet", podlet), ("127.0.0.1", 10248), "http://127.0.0.1:10248/healthz"),
-        Component("certificates", Command("certificates", [*module("opslab.lab.certificates"), *admin]), None, None),
+        Component("certificates", Command("certificates", [*module("opslab.lab.certificates"), *admin, "--metrics-address",
+                                                           f"127.0.0.1:{ports.certificate_metrics}"]),
+                  ("127.0.0.1", ports.certificate_metrics), f"http://127.0.0.1:{ports.certificate_metrics}/metrics"),
         Component("ingress", Command("ingress", [*module("opslab.lab.ingress"), *admin,
                                                  "--listen", f"127.0.0.1:{ports.ingress}"]),
                   ("127.0.0.1", ports.ingress), None),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from opslab import cluster
 from opslab.config import ConfigError, read_state, render_exports, state_file
-from opslab.lab import baseline, build, network, pki
+from opslab.lab import baseline, build, monitoring, network, pki
 from opslab.lab.certificates import ensure_lab_ca
 from opslab.lab.components import Component, components, write_configs
 from opslab.lab.podlet import pod_processes
@@ -72,7 +72,8 @@ class Lab:
         print(text, file=self.out, flush=True)
 
     def components(self) -> list[Component]:
-        return components(self.spec, build.installed())
+        binaries = build.installed()
+        return [*components(self.spec, binaries), *monitoring.monitoring_components(self.spec, binaries)]
 
     # --- up -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -94,7 +95,8 @@ class Lab:
         self._lay_network()
         pki.ensure(self.spec)
         write_configs(self.spec, binaries)
-        for component in components(self.spec, binaries):
+        monitoring.write_configs(self.spec)
+        for component in self.components():
             if component.needs_nodes:
                 self._ensure_nodes()
             self._ensure_running(component)
@@ -274,7 +276,10 @@ class Lab:
 
     def settings(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.spec.paths.kubeconfig), "OPSLAB_HOME": str(self.spec.paths.home),
-                "INGRESS_ADDRESS": f"127.0.0.1:{self.spec.ports.ingress}"}
+                "INGRESS_ADDRESS": f"127.0.0.1:{self.spec.ports.ingress}",
+                "PROMETHEUS_URL": f"http://127.0.0.1:{self.spec.ports.prometheus}",
+                "ALERTMANAGER_URL": f"http://127.0.0.1:{self.spec.ports.alertmanager}",
+                "ALERT_RECEIVER_URL": f"http://127.0.0.1:{self.spec.ports.alert_receiver}"}
 
     def env(self) -> str:
         return render_exports(self.settings())

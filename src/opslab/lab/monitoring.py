@@ -1,11 +1,12 @@
 """The lab's observability: Prometheus, Alertmanager and what feeds them, as lab components.
 
-Prometheus (Debian's) discovers the platform's pods and the nodes through the lab's API server
-and scrapes them, the control plane, kube-state-metrics and the lab's own exporters every 5 s;
-it evaluates the platform's alert rules (rules/platform.rules.yaml) and sends what fires to
-Alertmanager (Debian's), which routes by the guide's severities to the lab's alert receiver.
-metrics-server serves `kubectl top` from kwok's kubelet resource metrics, which the
-resource-usage publisher feeds from the pods' real processes.
+Prometheus (built from its Go module: Debian's package has no Kubernetes service discovery)
+discovers the platform's pods and the nodes through the lab's API server and scrapes them, the
+control plane, kube-state-metrics and the lab's own exporters; it evaluates the platform's alert
+rules (rules/platform.rules.yaml) and sends what fires to Alertmanager (Debian's), which routes
+by the guide's severities to the lab's alert receiver. metrics-server serves `kubectl top` from
+kwok's kubelet resource metrics, which the resource-usage publisher feeds from the pods' real
+processes.
 
 Every listener is on loopback, except metrics-server on the lab link's host address, where the
 API server reaches it (DESIGN: the network boundary); every scrape target is on loopback or
@@ -29,11 +30,12 @@ from opslab.lab.processes import Command
 from opslab.lab.spec import LabSpec
 
 RULES = Path(__file__).parent / "rules"
-SCRAPE_INTERVAL = "5s"
+SCRAPE_INTERVAL = "5s"  # the platform's: a lesson sees a change within seconds
+CONTROL_PLANE_INTERVAL = "15s"
 RETENTION = "2d"
 RELOAD_TIMEOUT = 10
-# Debian's packages: `apt-get install prometheus prometheus-alertmanager` (scripts/setup.sh).
-PROMETHEUS, ALERTMANAGER = "prometheus", "prometheus-alertmanager"
+# Debian's package (scripts/setup.sh installs it).
+ALERTMANAGER = "prometheus-alertmanager"
 # The guide's severities, each routed to where such an alert would go, re-sent as often as its
 # response time asks (P0 5 min, P1 15 min, P2 2 h, P3 next business day).
 ROUTES = {
@@ -44,47 +46,57 @@ ROUTES = {
 }
 
 
-def _config_path(spec: LabSpec, name: str) -> Path:
-    return spec.paths.config / name
-
-
 # --- Prometheus -------------------------------------------------------------------------------
+def _static(job: str, address: str, **options) -> dict:
+    return {"job_name": job, "static_configs": [{"targets": [address]}], **options}
+
+
+def _control_plane(job: str, address: str, **options) -> dict:
+    # Histogram buckets are most of the control plane's series (some 40 000, nine in ten of all
+    # the lab's): its histograms keep their _sum and _count, an average latency for each.
+    drop_buckets = {"source_labels": ["__name__"], "regex": ".+_bucket", "action": "drop"}
+    return _static(job, address, scrape_interval=CONTROL_PLANE_INTERVAL, metric_relabel_configs=[drop_buckets],
+                   **options)
+
+
+def _copy(source: str, target: str) -> dict:
+    return {"source_labels": [source], "target_label": target}
+
+
 def prometheus_config(spec: LabSpec) -> dict:
     pki, net, ports = spec.paths.pki, spec.network, spec.ports
     ca = {"ca_file": str(pki / "ca.crt")}
     identity = {**ca, "cert_file": str(pki / "prometheus.crt"), "key_file": str(pki / "prometheus.key")}
     discovery = lambda role: [{"role": role, "api_server": spec.apiserver_url, "tls_config": identity}]
-    static = lambda job, address, **extra: {"job_name": job, "static_configs": [{"targets": [address]}], **extra}
     loopback = lambda port: f"127.0.0.1:{port}"
-    copy = lambda source, target: {"source_labels": [source], "target_label": target}
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": "4s", "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": [str(_config_path(spec, "rules") / "*.yaml")],
+        "rule_files": [str(spec.paths.config / "rules" / "*.yaml")],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [loopback(ports.alertmanager)]}]}]},
         "scrape_configs": [
-            static("prometheus", loopback(ports.prometheus)),
-            static("alertmanager", loopback(ports.alertmanager)),
-            # The control plane, each at the address it listens on.
-            static("apiserver", f"{net.host_ip}:{ports.apiserver}", scheme="https", tls_config=identity),
-            static("etcd", "127.0.0.1:2381"),
-            static("kube-controller-manager", loopback(ports.controller_manager), scheme="https",
-                   tls_config=identity),
-            static("kube-scheduler", loopback(ports.scheduler), scheme="https", tls_config=identity),
-            static("kube-proxy", f"{net.node_ip}:10249"),
-            static("coredns", f"{bridge_ip(net).ip}:9153"),
-            static("kwok", f"{net.host_ip}:{ports.kwok}", scheme="https", tls_config=ca),
+            _static("prometheus", loopback(ports.prometheus)),
+            _static("alertmanager", loopback(ports.alertmanager)),
+            # The control plane, each where components.py has it listen.
+            _control_plane("apiserver", f"{net.host_ip}:{ports.apiserver}", scheme="https", tls_config=identity),
+            _control_plane("etcd", "127.0.0.1:2381"),
+            _control_plane("kube-controller-manager", loopback(ports.controller_manager), scheme="https",
+                           tls_config=identity),
+            _control_plane("kube-scheduler", loopback(ports.scheduler), scheme="https", tls_config=identity),
+            _control_plane("kube-proxy", f"{net.node_ip}:10249"),
+            _static("coredns", f"{bridge_ip(net).ip}:9153"),
+            _static("kwok", f"{net.host_ip}:{ports.kwok}", scheme="https", tls_config=ca),
             # Cluster state as metrics; its own labels (namespace, pod) are the ones that count.
-            static("kube-state-metrics", loopback(ports.kube_state_metrics), honor_labels=True),
-            static("certificates", loopback(ports.certificate_metrics)),
-            static("backups", loopback(ports.backup_metrics)),
+            _static("kube-state-metrics", loopback(ports.kube_state_metrics), honor_labels=True),
+            _static("certificates", loopback(ports.certificate_metrics)),
+            _static("backups", loopback(ports.backup_metrics)),
             # Each node's kubelet resource metrics (served by kwok) at the path its annotation names.
             {"job_name": "kubelet", "scheme": "https", "tls_config": ca, "kubernetes_sd_configs": discovery("node"),
              "relabel_configs": [
                  {"source_labels": ["__meta_kubernetes_node_annotation_metrics_k8s_io_resource_metrics_path"],
                   "regex": "(.+)", "action": "keep"},
-                 copy("__meta_kubernetes_node_annotation_metrics_k8s_io_resource_metrics_path", "__metrics_path__"),
-                 copy("__meta_kubernetes_node_name", "node"),
-                 copy("__meta_kubernetes_node_name", "instance"),
+                 _copy("__meta_kubernetes_node_annotation_metrics_k8s_io_resource_metrics_path", "__metrics_path__"),
+                 _copy("__meta_kubernetes_node_name", "node"),
+                 _copy("__meta_kubernetes_node_name", "instance"),
              ]},
             # The platform's pods, by their prometheus.io annotations, while they run.
             {"job_name": "kubernetes-pods", "kubernetes_sd_configs": discovery("pod"), "relabel_configs": [
@@ -95,11 +107,11 @@ def prometheus_config(spec: LabSpec) -> dict:
                  "regex": r"([^:]+)(?::\d+)?;(\d+)", "replacement": "$1:$2", "target_label": "__address__"},
                 {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "regex": "(.+)",
                  "target_label": "__metrics_path__"},
-                copy("__meta_kubernetes_namespace", "namespace"),
-                copy("__meta_kubernetes_pod_name", "pod"),
-                copy("__meta_kubernetes_pod_node_name", "node"),
-                copy("__meta_kubernetes_pod_label_app", "app"),
-                copy("__meta_kubernetes_pod_label_track", "track"),
+                _copy("__meta_kubernetes_namespace", "namespace"),
+                _copy("__meta_kubernetes_pod_name", "pod"),
+                _copy("__meta_kubernetes_pod_node_name", "node"),
+                _copy("__meta_kubernetes_pod_label_app", "app"),
+                _copy("__meta_kubernetes_pod_label_track", "track"),
             ]},
         ],
     }
@@ -139,23 +151,20 @@ def write_configs(spec: LabSpec) -> None:
     """Prometheus's and Alertmanager's configurations, the alert rules and metrics-server's
     APIService, rewritten at every `up`; a running Prometheus or Alertmanager whose files changed
     reloads them."""
-    for program in (PROMETHEUS, ALERTMANAGER):
-        if not shutil.which(program):
-            raise BuildError(f"{program} is not installed: run scripts/setup.sh (Debian's prometheus and "
-                             "prometheus-alertmanager packages).")
-    rules = _config_path(spec, "rules")
-    rules.mkdir(parents=True, exist_ok=True)
-    files = {
-        _config_path(spec, "prometheus.yml"): yaml.safe_dump(prometheus_config(spec), sort_keys=False),
-        _config_path(spec, "alertmanager.yml"): yaml.safe_dump(alertmanager_config(spec), sort_keys=False),
-        **{rules / source.name: source.read_text() for source in RULES.glob("*.yaml")},
-        _config_path(spec, "metrics-apiservice.yaml"): yaml.safe_dump(metrics_apiservice(spec), sort_keys=False),
-    }
+    if not shutil.which(ALERTMANAGER):
+        raise BuildError(f"{ALERTMANAGER} is not installed: run scripts/setup.sh (Debian's package of that name).")
+    config = spec.paths.config
+    (config / "rules").mkdir(parents=True, exist_ok=True)
+    prometheus = {config / "prometheus.yml": yaml.safe_dump(prometheus_config(spec), sort_keys=False),
+                  **{config / "rules" / source.name: source.read_text() for source in RULES.glob("*.yaml")}}
+    alertmanager = {config / "alertmanager.yml": yaml.safe_dump(alertmanager_config(spec), sort_keys=False)}
+    files = {**prometheus, **alertmanager,
+             config / "metrics-apiservice.yaml": yaml.safe_dump(metrics_apiservice(spec), sort_keys=False)}
     changed = {path for path, text in files.items() if not path.exists() or path.read_text() != text}
     for path in changed:
         path.write_text(files[path])
-    reloads = {f"http://127.0.0.1:{spec.ports.prometheus}/-/reload": changed - {_config_path(spec, "alertmanager.yml")},
-               f"http://127.0.0.1:{spec.ports.alertmanager}/-/reload": changed & {_config_path(spec, "alertmanager.yml")}}
+    reloads = {f"http://127.0.0.1:{spec.ports.prometheus}/-/reload": changed & prometheus.keys(),
+               f"http://127.0.0.1:{spec.ports.alertmanager}/-/reload": changed & alertmanager.keys()}
     for url, paths in reloads.items():
         if paths:
             try:
@@ -198,7 +207,7 @@ def monitoring_components(spec: LabSpec, binaries: Path) -> list[Component]:
         "--cluster.listen-address=",  # one instance: no gossip port, which would listen on a wildcard
     ]
     prometheus = [
-        PROMETHEUS, f"--config.file={config / 'prometheus.yml'}", f"--storage.tsdb.path={spec.paths.prometheus_data}",
+        str(binaries / "prometheus"), f"--config.file={config / 'prometheus.yml'}", f"--storage.tsdb.path={spec.paths.prometheus_data}",
         f"--storage.tsdb.retention.time={RETENTION}", f"--web.listen-address=127.0.0.1:{ports.prometheus}",
         "--web.enable-lifecycle",  # `up` reloads changed rules and configuration with POST /-/reload
     ]

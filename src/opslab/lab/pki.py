@@ -184,5 +184,7 @@ def ensure(spec: LabSpec) -> None:
     for identity in ("admin", "controller-manager", "scheduler", "kwok", "kube-proxy", "coredns",
                      "kube-state-metrics", "metrics-server", "resource-usage"):
         path = kubeconfig_path(spec, identity)
-        path.write_text(yaml.safe_dump(kubeconfig(spec, identity), sort_keys=False))
+        text = yaml.safe_dump(kubeconfig(spec, identity), sort_keys=False)
+        if not path.exists() or path.read_text() != text:  # kube-state-metrics restarts when its file is written
+            path.write_text(text)
         os.chmod(path, 0o600)

@@ -4,8 +4,8 @@ kwok plays the kubelet's resource-metrics endpoint (`/metrics/resource`, what me
 `kubectl top` and Prometheus read) from ResourceUsage objects. This publishes one per
 process-backed pod, named as the pod and owned by it (so it goes when the pod goes), holding each
 container's CPU in cores (from the process tree's CPU time, /proc/<pid>/stat, between two
-readings) and memory (the process tree's resident set). A ClusterResourceUsage gives every
-other pod — a simulated one, or one whose first reading is not in yet — zero.
+readings) and memory (the process tree's resident set). Any other pod — a simulated one, or one
+whose first reading is not in yet — gets the default of the lab's kwok configuration (components.py).
 
     python -m opslab.lab.resource_usage --home .opslab
 """
@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import kubernetes
 from kubernetes.client.rest import ApiException
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from urllib3.exceptions import HTTPError
 
 from mlops_platform.logs import JsonLog
@@ -30,19 +30,20 @@ from opslab.lab import pki
 from opslab.lab.podlet import pod_processes
 from opslab.lab.spec import LabSpec, Paths
 
-GROUP, VERSION = "kwok.x-k8s.io", "v1alpha1"
+API_VERSION = "kwok.x-k8s.io/v1alpha1"
+FIELD_MANAGER = "opslab-resource-usage"
 INTERVAL = 5.0  # s; metrics-server reads every 15 s, Prometheus every 5 s
 API_TIMEOUT = 5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-FALLBACK = "opslab-no-process"
 log = JsonLog("resource-usage")
 
 
 @dataclass(frozen=True)
 class Reading:
+    """A container's CPU time so far, and when it was read (monotonic seconds)."""
+
     cpu_seconds: float
-    memory_bytes: int
     at: float
 
 
@@ -57,27 +58,27 @@ def _stat(pid: int) -> tuple[int, float, int] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, int(fields[21]) * PAGE_BYTES
 
 
-def process_table() -> dict[int, tuple[int, float, int]]:
-    table = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
-            table[int(entry.name)] = stat
-    return table
+class ProcessTree:
+    """Every process on the machine as it is now: its CPU time, resident bytes and children."""
 
+    def __init__(self):
+        self.stats: dict[int, tuple[int, float, int]] = {}
+        self.children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and (stat := _stat(int(entry.name))):
+                self.stats[int(entry.name)] = stat
+                self.children.setdefault(stat[0], []).append(int(entry.name))
 
-def tree_usage(root: int, table: dict[int, tuple[int, float, int]]) -> tuple[float, int]:
-    """CPU seconds and resident bytes of `root`'s descendants: the container's processes, not
-    the monitor (`root`) that runs them, as a container runtime's shim is not the container."""
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    cpu, memory, todo = 0.0, 0, list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        cpu += table[pid][1]
-        memory += table[pid][2]
-        todo.extend(children.get(pid, []))
-    return cpu, memory
+    def usage_below(self, root: int) -> tuple[float, int]:
+        """CPU seconds and resident bytes of `root`'s descendants: the container's processes,
+        not the monitor (`root`) that runs them, as a container runtime's shim is not the container."""
+        cpu, memory, todo = 0.0, 0, list(self.children.get(root, []))
+        while todo:
+            pid = todo.pop()
+            cpu += self.stats[pid][1]
+            memory += self.stats[pid][2]
+            todo.extend(self.children.get(pid, []))
+        return cpu, memory
 
 
 def cpu_cores(previous: Reading | None, current: Reading) -> float:
@@ -91,23 +92,12 @@ def cpu_cores(previous: Reading | None, current: Reading) -> float:
 class Publisher:
     def __init__(self, spec: LabSpec):
         self.processes = pod_processes(spec)
-        api = cluster.api_client(str(pki.kubeconfig_path(spec, "resource-usage")))
-        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.kubeconfig = str(pki.kubeconfig_path(spec, "resource-usage"))
+        self.client = None  # connected at the first pass that reaches the API server
         self.readings: dict[str, Reading] = {}
 
-    def ensure_fallback(self) -> None:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterResourceUsage",
-                "metadata": {"name": FALLBACK},
-                "spec": {"usages": [{"usage": {"cpu": {"value": "0"}, "memory": {"value": "0"}}}]}}
-        try:
-            self.custom.create_cluster_custom_object(GROUP, VERSION, "clusterresourceusages", body,
-                                                     _request_timeout=API_TIMEOUT)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-
     def publish(self) -> None:
-        table = process_table()
+        tree = ProcessTree()
         now = time.monotonic()
         usages: dict[tuple[str, str, str], list[dict]] = {}  # (namespace, pod, uid) -> containers
         seen = set()
@@ -116,8 +106,8 @@ class Publisher:
             if pid is None:
                 continue
             namespace, pod, uid, container = name.split("_", 3)
-            cpu_seconds, memory = tree_usage(pid, table)
-            reading = Reading(cpu_seconds, memory, now)
+            cpu_seconds, memory = tree.usage_below(pid)
+            reading = Reading(cpu_seconds, now)
             cores = cpu_cores(self.readings.get(name), reading)
             self.readings[name] = reading
             seen.add(name)
@@ -126,23 +116,21 @@ class Publisher:
                                                       "memory": {"value": str(memory)}}})
         for gone in set(self.readings) - seen:
             del self.readings[gone]
+        self.client = self.client or cluster.dynamic(self.kubeconfig)
+        resource = self.client.resources.get(api_version=API_VERSION, kind="ResourceUsage")
         for (namespace, pod, uid), containers in usages.items():
-            self._write(namespace, pod, uid, containers)
-
-    def _write(self, namespace: str, pod: str, uid: str, containers: list[dict]) -> None:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceUsage",
-                "metadata": {"name": pod, "namespace": namespace, "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}]},
-                "spec": {"usages": containers}}
-        try:
-            # Server-side apply: one call whether or not the object exists yet.
-            self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, "resourceusages", pod, body, field_manager="opslab-resource-usage",
-                force=True, _request_timeout=API_TIMEOUT,
-                _content_type="application/apply-patch+yaml")
-        except ApiException as error:
-            if error.status not in (404, 409, 422):  # the pod or its namespace is going: nothing to record
-                raise
+            body = {"apiVersion": API_VERSION, "kind": "ResourceUsage",
+                    "metadata": {"name": pod, "namespace": namespace, "ownerReferences": [
+                        {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}]},
+                    "spec": {"usages": containers}}
+            try:
+                # Server-side apply: one call whether or not the object exists yet.
+                self.client.server_side_apply(resource, body=body, name=pod, namespace=namespace,
+                                              field_manager=FIELD_MANAGER, force_conflicts=True,
+                                              _request_timeout=API_TIMEOUT)
+            except ApiException as error:
+                if error.status not in (404, 409, 422):  # the pod or its namespace is going: nothing to record
+                    raise
 
 
 def run(spec: LabSpec) -> None:
@@ -151,22 +139,21 @@ def run(spec: LabSpec) -> None:
     publisher = Publisher(spec)
     log.info("started", interval_s=INTERVAL)
     problem = None  # logged when it starts and when it ends, not at every pass
-    fallback = False
     while not stop.is_set():
         try:
-            if not fallback:
-                publisher.ensure_fallback()
-                fallback = True
             publisher.publish()
-            if problem:
-                log.info("publishing again", after=problem)
-            problem = None
-        except (ApiException, HTTPError, OSError) as error:
+            described = None
+        except ResourceNotFoundError:
+            described = "kwok's ResourceUsage resource is not installed"
+        except (ApiException, HTTPError, OSError, cluster.ClusterError) as error:
             described = (f"the API server answered {error.status} {error.reason}" if isinstance(error, ApiException)
                          else f"cannot reach the API server ({type(error).__name__})")
-            if described != problem:
+        if described != problem:
+            if described:
                 log.warning("waiting", problem=described)
-            problem = described
+            else:
+                log.info("publishing again", after=problem)
+        problem = described
         stop.wait(INTERVAL)
     log.info("stopped")
 
