@@ -139,3 +139,9 @@ def test_a_missing_secret_holds_the_container_with_a_clear_reason(api, namespace
             if status and status.state.waiting and status.state.waiting.reason == "CreateContainerConfigError":
                 return status.state.waiting.message
     assert 'secret "absent" not found' in wait_for(waiting_reason, timeout=30, what="CreateContainerConfigError")
+
+
+def test_addresses_are_handed_out_round_the_range_not_reused_at_once():
+    assert podnet.allocate("10.244.1.0/24", set()) == "10.244.1.2"
+    assert podnet.allocate("10.244.1.0/24", {"10.244.1.3"}, after="10.244.1.2") == "10.244.1.4"
+    assert podnet.allocate("10.244.1.0/24", {"10.244.1.2"}, after="10.244.1.254") == "10.244.1.3"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -120,16 +121,19 @@ class Socket:
     pid: int
 
 
-def listening_sockets(pids: set[int]) -> list[Socket]:
-    """TCP and UDP sockets that the given processes listen on, in the host namespace."""
-    result = subprocess.run(["ss", "-Hltunp"], capture_output=True, text=True, timeout=TIMEOUT, check=True)
+def listening_sockets(pids: set[int] | None = None, netns: str | None = None) -> list[Socket]:
+    """TCP and UDP sockets listening in a namespace (the host's by default): those of `pids`, or
+    all of them."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    result = subprocess.run([*prefix, "ss", "-Hltunp"], capture_output=True, text=True, timeout=TIMEOUT, check=True)
     sockets = []
     for line in result.stdout.splitlines():
         fields = line.split()
         local, users = fields[4], " ".join(fields[6:])
         address, _, port = local.rpartition(":")
-        for pid in pids:
-            if f"pid={pid}," in users:
+        owners = [int(p) for p in re.findall(r"pid=(\d+),", users)] or [0]
+        for pid in owners:
+            if pids is None or pid in pids:
                 sockets.append(Socket(address.strip("[]").split("%")[0], int(port), pid))
     return sockets
 
@@ -148,6 +152,8 @@ def boundary_violations(net: Network, pids: set[int], cluster_addresses: list[st
     found = [f"pid {s.pid} listens on {s.address}:{s.port}"
              for s in listening_sockets(pids) if not inside(s.address)]
     for ns in lab_namespaces(net):
+        found += [f"pid {s.pid} listens on {s.address}:{s.port} in namespace {ns}"
+                  for s in listening_sockets(netns=ns) if not inside(s.address)]
         for route in _json("route", "show", "table", "all", netns=ns):
             dst = route.get("dst", "")
             if dst == "default" or ":" in dst:

@@ -123,6 +123,7 @@ class Podlet:
                      for kind in ("Exec", "Logs", "PortForward")}
         self.state: dict[str, PodState] = {}
         self.pods_changed = threading.Event()
+        self.last_address: dict[str, str] = {}  # per pod range, the address handed out last
         self.last_loop = time.monotonic()
         self.last_sweep = 0.0
         # Addresses already on pod namespaces: a pod set up by an earlier podlet keeps its own.
@@ -216,8 +217,10 @@ class Podlet:
                 state.ready = program is None or previous.get(container["name"], {}).get("ready", False)
                 _arm_probes(state, container)
             containers[container["name"]] = state
+        cidr = node["spec"]["podCIDR"]
         address = (status.get("podIP") or self.configured.get(podnet.netns_name(meta["uid"]))
-                   or podnet.allocate(node["spec"]["podCIDR"], self._used_addresses(node, pods)))
+                   or podnet.allocate(cidr, self._used_addresses(node, pods), self.last_address.get(cidr)))
+        self.last_address[cidr] = address
         netns = None
         if any(c.program for c in containers.values()):
             scratch.mkdir(parents=True, exist_ok=True)

@@ -73,9 +73,13 @@ def existing_addresses() -> dict[str, str]:
     return found
 
 
-def allocate(pod_cidr: str, used: set[str]) -> str:
-    """The lowest free address of a node's pod range, from .2 (.1 is a gateway by convention)."""
-    for host in list(ipaddress.ip_network(pod_cidr).hosts())[1:]:
-        if str(host) not in used:
-            return str(host)
+def allocate(pod_cidr: str, used: set[str], after: str | None = None) -> str:
+    """The next free address of a node's pod range after `after`, wrapping round, from .2 (.1 is
+    a gateway by convention). Handing out the lowest free one instead reuses an address freed
+    seconds ago, while other pods still hold the old pod's MAC for it."""
+    hosts = [str(h) for h in ipaddress.ip_network(pod_cidr).hosts()][1:]
+    start = hosts.index(after) + 1 if after in hosts else 0
+    for address in hosts[start:] + hosts[:start]:
+        if address not in used:
+            return address
     raise RuntimeError(f"pod range {pod_cidr} is full")
