@@ -158,6 +158,9 @@ class Lab:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             nodes = json.loads(self._kubectl("get", "nodes", "-o", "json").stdout)["items"]
+            for node in nodes:
+                if node["metadata"]["name"] in NODE_NAMES and not node.get("status", {}).get("addresses"):
+                    self._restore_addresses(node["metadata"]["name"])
             ready = {n["metadata"]["name"] for n in nodes
                      if n["spec"].get("podCIDR") and n.get("status", {}).get("addresses")
                      and any(c["type"] == "Ready" and c["status"] == "True"
@@ -168,6 +171,13 @@ class Lab:
                 raise LabError(f"nodes not Ready with a pod range after {READY_TIMEOUT}s: "
                                f"{sorted(set(NODE_NAMES) - ready)}")
             time.sleep(0.2)
+
+    def _restore_addresses(self, name: str) -> None:
+        """What kwok's node stage writes, written at once: a node that lost its addresses (seen
+        after kwok restarts) otherwise waits up to ten minutes for kwok's next heartbeat."""
+        addresses = [{"type": "InternalIP", "address": self.spec.network.host_ip}, {"type": "Hostname", "address": name}]
+        self._kubectl("patch", "node", name, "--subresource=status", "--type=merge",
+                      "-p", json.dumps({"status": {"addresses": addresses}}))
 
     def _client(self):
         return cluster.dynamic(str(self.spec.paths.kubeconfig))
