@@ -116,7 +116,9 @@ def test_a_faulty_release_raises_the_5xx_rate_and_rollout_undo_brings_it_down(la
 def _rotate(password: str) -> None:
     """The guide's rotation, in the database and in the Secret (with the `-n` it leaves out)."""
     psql(f"ALTER USER mlops PASSWORD '{password}'")
-    manifest = kubectl("create", "secret", "generic", "mlops-database-credentials",
+    # username too: applied client-side, the guide's password-only Secret would drop that key
+    # once an earlier apply recorded it (module 5 shows this pitfall on purpose).
+    manifest = kubectl("create", "secret", "generic", "mlops-database-credentials", "--from-literal=username=mlops",
                        f"--from-literal=password={password}", "--dry-run=client", "-o", "yaml", *P)
     kubectl("apply", "-f", "-", *P, input=manifest)
 
