@@ -72,7 +72,6 @@ def test_up_twice_does_no_harm(lab):
     assert lab.pids() == pids
 
 
-@pytest.mark.xfail(reason="known bug, open: with the platform deployed, reset failed once in the full suite with an API error (see the closing note of stop 6)", strict=False)
 def test_reset_restores_the_baseline_after_arbitrary_changes(lab, api):
     core = kubernetes.client.CoreV1Api(api)
     rbac = kubernetes.client.RbacAuthorizationV1Api(api)

@@ -86,9 +86,13 @@ def _recorded(obj: dict) -> dict:
     return desired
 
 
-def record(client: DynamicClient, path: Path, manifests: str) -> int:
-    """Write the baseline, marked with the digest of the manifests it was made from."""
-    objects = {key: _recorded(obj) for key, (_, obj) in _objects(client).items()}
+def record(client: DynamicClient, path: Path, manifests: str, namespaces: set[str]) -> int:
+    """Write the baseline, marked with the digest of the manifests it was made from. Only the lab's
+    own `namespaces` belong to it: whatever else runs at that moment (a test's namespace) does not."""
+    def owned(obj: dict) -> bool:
+        name, namespace = obj["metadata"]["name"], obj["metadata"].get("namespace")
+        return namespace in namespaces if namespace else (obj["kind"] != "Namespace" or name in namespaces)
+    objects = {key: _recorded(obj) for key, (_, obj) in _objects(client).items() if owned(obj)}
     path.write_text(json.dumps({"manifests": manifests, "objects": objects}, indent=1, sort_keys=True))
     return len(objects)
 
@@ -204,7 +208,10 @@ def restore(client: DynamicClient, baseline: dict[str, dict], wait: float = 60) 
         raise TimeoutError(f"still being deleted after {wait:.0f}s: {', '.join(stuck)}")
     # Namespaces first, so that what lives in them can be created.
     for want in sorted(to_create, key=lambda o: o["kind"] != "Namespace"):
-        _resource_for(client, want).create(body=want, namespace=want["metadata"].get("namespace"),
-                                           _request_timeout=TIMEOUT)
+        resource = _resource_for(client, want)
+        try:
+            resource.create(body=want, namespace=want["metadata"].get("namespace"), _request_timeout=TIMEOUT)
+        except ConflictError:  # made meanwhile by a controller (kube-root-ca.crt in a new namespace)
+            _replace(resource, want)
         report["created"].append(_key(want))
     return report

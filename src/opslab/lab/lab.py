@@ -26,6 +26,8 @@ from opslab.lab.spec import NODE_NAMES, LabSpec
 MANIFESTS = Path(__file__).parent / "manifests"
 PLATFORM = Path(__file__).resolve().parents[3] / "infrastructure"
 ENVIRONMENTS = ("staging", "production")
+LAB_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease", "cert-manager",
+                  *(f"mlops-{environment}" for environment in ENVIRONMENTS)}
 PLATFORM_TIMEOUT = 180
 START_TIMEOUT = 90
 READY_TIMEOUT = 60
@@ -189,7 +191,7 @@ class Lab:
                 "manifests") == manifests_digest():
             return
         self._deploy_platform()
-        count = baseline.record(self._client(), self.spec.paths.baseline, manifests_digest())
+        count = baseline.record(self._client(), self.spec.paths.baseline, manifests_digest(), LAB_NAMESPACES)
         self.say(f"recorded the baseline: {count} objects")
 
     def _deploy_platform(self) -> None:
