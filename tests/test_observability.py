@@ -179,7 +179,6 @@ def test_kubectl_top_and_prometheus_show_a_leaking_release_growing(platform_copy
     assert set(pods) <= set(memory_alerts.get("pod", [])), "the memory-growth alert is not pending or firing"
 
 
-@pytest.mark.xfail(reason="known bug, open: the Metrics API was unavailable after the life-cycle tests restarted components (closing note of stop 6)", strict=False)
 def test_kubectl_top_pods_in_production(resource_metrics):
     lines = cluster.kubectl("top", "pods", "-n", "mlops-production", "--no-headers").stdout.splitlines()
     usage = {line.split()[0]: line.split()[1:] for line in lines}

@@ -124,6 +124,8 @@ class Lab:
 
     def _ensure_running(self, component: Component) -> None:
         name = component.name
+        for manifest in component.prerequisites:  # every time: a reset may have removed them
+            self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
         if self.supervisor.pid(name) is not None:
             if self._wait_healthy(component, limit=START_TIMEOUT):
                 return
@@ -131,8 +133,6 @@ class Lab:
             self.supervisor.stop(name)
         if component.listen and not component.command.netns:  # the lab's own namespace is ours alone
             _check_port_free(*component.listen)
-        for manifest in component.prerequisites:
-            self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
         self.say(f"starting {name}")
         self.supervisor.start(component.command)
         if not self._wait_healthy(component, limit=START_TIMEOUT):
