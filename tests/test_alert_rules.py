@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opslab.lab import build, monitoring
-from opslab.lab.spec import LabSpec
+from opslab.lab import build, monitoring, pki
+from opslab.lab.spec import LabSpec, Paths
 
 RULE_TESTS = Path(__file__).parent / "rules" / "platform.rules.test.yaml"
 SEVERITIES = {"P0", "P1", "P2", "P3"}
@@ -69,9 +69,8 @@ def test_alertmanager_routes_each_severity(labels, receiver, tmp_path):
 
 
 def test_the_lab_writes_valid_prometheus_and_alertmanager_configurations(promtool, tmp_path):
-    spec = LabSpec.default()  # its client certificates must exist: promtool checks them
-    if not (spec.paths.pki / "prometheus.crt").exists():
-        pytest.skip("no lab certificates yet: run `opslab lab up`")
+    spec = LabSpec(paths=Paths(tmp_path / "home"))
+    pki.ensure(spec)  # promtool checks that the client certificates it names exist
     prometheus, alertmanager = tmp_path / "prometheus.yml", tmp_path / "alertmanager.yml"
     prometheus.write_text(yaml.safe_dump(monitoring.prometheus_config(spec)))
     alertmanager.write_text(yaml.safe_dump(monitoring.alertmanager_config(spec)))
