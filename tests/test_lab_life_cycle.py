@@ -17,7 +17,7 @@ import pytest
 
 from opslab import cluster, config
 from opslab.lab.lab import Lab, LabError
-from opslab.lab.spec import LabSpec, Paths, Ports
+from opslab.lab.spec import NODE_NAMES, LabSpec, Paths, Ports
 from tests.waiting import wait_for
 
 OPSLAB = [sys.executable, "-m", "opslab.cli"]
@@ -52,6 +52,28 @@ def test_killed_component_is_reported_and_up_restores_it_with_state(lab, api, na
         assert core.read_namespaced_config_map(marker, "default").data == {"k": "v"}
     finally:
         core.delete_namespaced_config_map(marker, "default")
+
+
+def test_a_restarted_kwok_takes_the_nodes_over_at_once_and_kube_proxy_keeps_running(lab, api):
+    """kwok's new process must not wait for the old one's leases to expire: the nodes would turn
+    NotReady, and re-initialising them once changed their addresses, which makes kube-proxy exit."""
+    coordination = kubernetes.client.CoordinationV1Api(api)
+    core = kubernetes.client.CoreV1Api(api)
+    holders = lambda: {coordination.read_namespaced_lease(name, "kube-node-lease").spec.holder_identity
+                       for name in NODE_NAMES}
+    old_holders, kube_proxy = holders(), lab.supervisor.pid("kube-proxy")
+    os.kill(lab.supervisor.pid("kwok"), signal.SIGKILL)
+    wait_for(lambda: lab.supervisor.exited_early("kwok"), timeout=10, what="kwok to die")
+    assert opslab("lab", "up").returncode == 0
+
+    # Well inside the leases' 40 s: the old holder's leases were not waited out.
+    wait_for(lambda: len(holders()) == 1 and not holders() & old_holders, timeout=15,
+             what="the new kwok to hold every node's lease")
+    for name in NODE_NAMES:
+        node = core.read_node(name)
+        assert {a.type for a in node.status.addresses} == {"InternalIP", "Hostname"}, name
+        assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions), name
+    assert lab.supervisor.pid("kube-proxy") == kube_proxy
 
 
 def test_status_and_env_describe_the_running_lab(lab):

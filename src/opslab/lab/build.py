@@ -38,18 +38,17 @@ OWN_MODULES = {"prometheus": "prometheus", "promtool": "prometheus", "kube-state
 
 # kwok ships its stages and CRDs as manifests in its module. kwok keeps the nodes alive; pods
 # are the lab's pod runner's (podlet), which publishes the Exec, Logs and PortForward objects.
+# The node-initialize stage is the lab's own (manifests/kwok-node-initialize.yaml): kwok's wipes
+# the addresses of a node that has no Hostname address, and kube-proxy exits when they change.
 # kwok also plays each node's kubelet resource metrics (its Metric `metrics-resource`, read from
 # its configuration file) from the ResourceUsage objects the lab's resource-usage publisher writes.
 KWOK_MANIFESTS = {
-    "kwok-stages.yaml": (
-        "kustomize/stage/node/fast/node-initialize.yaml",
-        "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-    ),
+    "kwok-node-heartbeat.yaml": ("kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",),
     "kwok-crds.yaml": tuple(f"kustomize/crd/bases/kwok.x-k8s.io_{name}.yaml"
                             for name in ("execs", "logs", "portforwards", "resourceusages")),
     "kwok-metrics.yaml": ("kustomize/metrics/resource/metrics-resource.yaml",),
 }
-KWOK_STAGES_FILE, KWOK_CRDS_FILE, KWOK_METRICS_FILE = KWOK_MANIFESTS
+KWOK_HEARTBEAT_FILE, KWOK_CRDS_FILE, KWOK_METRICS_FILE = KWOK_MANIFESTS
 
 
 class BuildError(RuntimeError):

@@ -22,8 +22,6 @@ import base64
 import datetime as dt
 import json
 import re
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +29,10 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
-from urllib3.exceptions import HTTPError
 
 from mlops_platform.logs import JsonLog
 from opslab import cluster
+from opslab.lab import control_loop
 from opslab.lab.x509 import KeyPair, common_name, dns_names, is_ca, issue_server_certificate, load_key_pair
 
 GROUP, VERSION = "cert-manager.io", "v1"
@@ -221,7 +219,7 @@ class CertificateController:
                 if isinstance(error, ApiException) and error.status in (404, 409):
                     continue  # deleted or changed since it was listed: the next pass reads it afresh
                 name = f"{certificate['metadata']['namespace']}/{certificate['metadata']['name']}"
-                failing[name] = _describe(error)
+                failing[name] = control_loop.describe(error)
                 if self._failing.get(name) != failing[name]:  # once, not once a second
                     log.error("certificate not reconciled; retrying", certificate=name, error=failing[name])
         self._failing = failing
@@ -412,15 +410,6 @@ def _assess_secret(secret: dict | None, spec: CertificateSpec, uid: str) -> tupl
     return current, None
 
 
-def _describe(error: Exception) -> str:
-    """A log line that stays the same while the trouble does (no object addresses, no headers)."""
-    if isinstance(error, ApiException):
-        return f"the API server answered {error.status} {error.reason}"
-    if isinstance(error, (HTTPError, OSError)):
-        return f"cannot reach the API server ({type(error).__name__})"
-    return f"{type(error).__name__}: {error}"
-
-
 # --- the lab's CA as the issuer, made at `lab up` ----------------------------------------------
 def ensure_lab_ca(kubeconfig: str | Path, ca_cert_path: str | Path, ca_key_path: str | Path) -> None:
     """Namespace `cert-manager` and secret `lab-ca` holding the lab's CA; ClusterIssuer `lab-ca` if missing."""
@@ -456,8 +445,6 @@ def ensure_lab_ca(kubeconfig: str | Path, ca_cert_path: str | Path, ca_key_path:
 
 # --- the process -------------------------------------------------------------------------------
 def run(kubeconfig: str | None, metrics_address: str | None = None) -> None:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     controller = CertificateController(cluster.api_client(kubeconfig))
     if metrics_address:
         host, _, port = metrics_address.rpartition(":")
@@ -465,21 +452,13 @@ def run(kubeconfig: str | None, metrics_address: str | None = None) -> None:
         registry.register(controller.expiry)
         start_http_server(int(port), addr=host, registry=registry)
     log.info("started", poll_interval_s=POLL_INTERVAL, metrics_address=metrics_address)
-    problem = None  # logged when it starts and when it ends, not once a second
-    while not stop.is_set():
-        try:
-            controller.reconcile()
-            if problem:
-                log.info("reconciling again", after=problem)
-            problem = None
-        except Exception as error:  # noqa: BLE001 - a controller keeps going, whatever one pass met
-            missing = isinstance(error, ApiException) and error.status == 404
-            described = "cert-manager's CRDs are not installed" if missing else _describe(error)
-            if described != problem:
-                log.warning("waiting", problem=described)
-            problem = described
-        stop.wait(POLL_INTERVAL)
-    log.info("stopped")
+    control_loop.run(controller.reconcile, POLL_INTERVAL, log, explain=_explain)
+
+
+def _explain(error: Exception) -> str | None:
+    if isinstance(error, ApiException) and error.status == 404:
+        return "cert-manager's CRDs are not installed"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ import yaml
 
 import sys
 
-from opslab.lab.build import KWOK_CRDS_FILE, KWOK_METRICS_FILE, KWOK_STAGES_FILE
+from opslab.lab.build import KWOK_CRDS_FILE, KWOK_HEARTBEAT_FILE, KWOK_METRICS_FILE
 from opslab.lab.network import bridge_ip
 from opslab.lab.processes import Command
 from opslab.lab.spec import NODE_NAMES, LabSpec
@@ -79,7 +79,8 @@ def write_configs(spec: LabSpec, binaries: Path) -> None:
                             "selector": {"matchExpressions": [{"key": ".metadata.name", "operator": "DoesNotExist"}]},
                             "next": {}}}
     (config / "kwok.yaml").write_text("---\n".join([
-        yaml.safe_dump(kwok), (binaries / KWOK_STAGES_FILE).read_text(), (binaries / KWOK_METRICS_FILE).read_text(),
+        yaml.safe_dump(kwok), (MANIFESTS / "kwok-node-initialize.yaml").read_text(),
+        (binaries / KWOK_HEARTBEAT_FILE).read_text(), (binaries / KWOK_METRICS_FILE).read_text(),
         yaml.safe_dump(no_usage), yaml.safe_dump(follow_pods)]))
     (config / "Corefile").write_text(_corefile(spec))
     _write_pod_shims(spec)

@@ -7,7 +7,6 @@ import errno
 import fcntl
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -133,6 +132,8 @@ class Lab:
             self.supervisor.stop(name)
         if component.listen and not component.command.netns:  # the lab's own namespace is ours alone
             _check_port_free(*component.listen)
+        if name == "kwok":
+            self._release_node_leases()
         self.say(f"starting {name}")
         self.supervisor.start(component.command)
         if not self._wait_healthy(component, limit=START_TIMEOUT):
@@ -174,9 +175,15 @@ class Lab:
                                f"{sorted(set(NODE_NAMES) - ready)}")
             time.sleep(0.2)
 
+    def _release_node_leases(self) -> None:
+        """A new kwok waits for a dead one's node leases to expire before it takes them over;
+        the nodes turn NotReady meanwhile, and pods cannot be scheduled. Deleted, they are
+        taken at once."""
+        self._kubectl("delete", "lease", "--namespace=kube-node-lease", "--ignore-not-found", *NODE_NAMES)
+
     def _restore_addresses(self, name: str) -> None:
-        """What kwok's node stage writes, written at once: a node that lost its addresses (seen
-        after kwok restarts) otherwise waits up to ten minutes for kwok's next heartbeat."""
+        """What the node-initialize stage writes, written at once: a node without addresses and
+        still Ready would otherwise wait up to ten minutes for kwok's next heartbeat."""
         addresses = [{"type": "InternalIP", "address": self.spec.network.host_ip}, {"type": "Hostname", "address": name}]
         self._kubectl("patch", "node", name, "--subresource=status", "--type=merge",
                       "-p", json.dumps({"status": {"addresses": addresses}}))

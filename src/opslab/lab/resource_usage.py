@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
-from urllib3.exceptions import HTTPError
 
 from mlops_platform.logs import JsonLog
 from opslab import cluster
-from opslab.lab import pki
+from opslab.lab import control_loop, pki
 from opslab.lab.podlet import pod_processes
 from opslab.lab.spec import LabSpec, Paths
 
@@ -134,28 +131,14 @@ class Publisher:
 
 
 def run(spec: LabSpec) -> None:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    publisher = Publisher(spec)
     log.info("started", interval_s=INTERVAL)
-    problem = None  # logged when it starts and when it ends, not at every pass
-    while not stop.is_set():
-        try:
-            publisher.publish()
-            described = None
-        except ResourceNotFoundError:
-            described = "kwok's ResourceUsage resource is not installed"
-        except (ApiException, HTTPError, OSError, cluster.ClusterError) as error:
-            described = (f"the API server answered {error.status} {error.reason}" if isinstance(error, ApiException)
-                         else f"cannot reach the API server ({type(error).__name__})")
-        if described != problem:
-            if described:
-                log.warning("waiting", problem=described)
-            else:
-                log.info("publishing again", after=problem)
-        problem = described
-        stop.wait(INTERVAL)
-    log.info("stopped")
+    control_loop.run(Publisher(spec).publish, INTERVAL, log, explain=_explain)
+
+
+def _explain(error: Exception) -> str | None:
+    if isinstance(error, ResourceNotFoundError):
+        return "kwok's ResourceUsage resource is not installed"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
