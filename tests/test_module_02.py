@@ -168,3 +168,23 @@ def test_a_broken_cell_is_named_in_the_report(lab, tmp_path):
     assert result["cell_index"] == setup
     assert result["error_name"] == "AttributeError" and "namespace_of" in result["error_message"]
     assert "namespace_of" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_the_module_runs_in_the_guides_own_namespaces_and_reset_puts_them_back(lab, tmp_path):
+    """A trainee in JupyterLab keeps the default, no suffix: the notebook then changes the shared
+    mlops-staging and mlops-production, and `opslab lab reset` is how a class starts over."""
+    def api_server(environment: str) -> tuple[int, list[str]]:
+        current = platform.revision(platform.namespace_for(environment), "api-server")
+        return current["revision"], current["images"]
+
+    before = {environment: api_server(environment) for environment in platform.ENVIRONMENTS}
+    try:
+        report = run_headless(CHECKOUT, tmp_path / "out", "")
+        [result] = report["notebooks"]
+        assert (report["exit_code"], result["status"]) == (0, "passed"), result
+        assert api_server("staging")[0] > before["staging"][0]  # Lab 1 rolled out a release there
+    finally:
+        lab.reset()
+        for environment in platform.ENVIRONMENTS:
+            platform.wait_ready(platform.namespace_for(environment))
+    assert {environment: api_server(environment) for environment in platform.ENVIRONMENTS} == before
