@@ -36,6 +36,8 @@ class Component:
     client_cert: str | None = None  # name of the lab identity that reads the health URL
     prerequisites: tuple[Path, ...] = ()  # manifests applied before it starts
     needs_nodes: bool = False  # starts only once the nodes are Ready with their addresses
+    # `up` waits for it to be healthy before it starts the next; the others start together.
+    needed_by_the_rest: bool = False
 
     def healthy(self, spec: LabSpec) -> tuple[bool, str]:
         if self.health_url is None:
@@ -252,9 +254,9 @@ def components(spec: LabSpec, binaries: Path) -> list[Component]:
     podlet = [*module("opslab.lab.podlet"), "--home", str(spec.paths.home)]
     return [
         Component("etcd", Command("etcd", etcd), ("127.0.0.1", ports.etcd_client),
-                  f"{etcd_url}/health", client_cert="apiserver-etcd-client"),
+                  f"{etcd_url}/health", client_cert="apiserver-etcd-client", needed_by_the_rest=True),
         Component("kube-apiserver", Command("kube-apiserver", apiserver), (host, ports.apiserver),
-                  f"{spec.apiserver_url}/readyz", client_cert="admin"),
+                  f"{spec.apiserver_url}/readyz", client_cert="admin", needed_by_the_rest=True),
         Component("kube-controller-manager", Command("kube-controller-manager", controller_manager),
                   ("127.0.0.1", ports.controller_manager), f"https://127.0.0.1:{ports.controller_manager}/healthz"),
         Component("kube-scheduler", Command("kube-scheduler", scheduler),

@@ -97,10 +97,17 @@ class Lab:
         pki.ensure(self.spec)
         write_configs(self.spec, binaries)
         monitoring.write_configs(self.spec)
+        starting = []
         for component in self.components():
             if component.needs_nodes:
                 self._ensure_nodes()
-            self._ensure_running(component)
+            if self._ensure_running(component):
+                if component.needed_by_the_rest:
+                    self._await_healthy(component)
+                else:
+                    starting.append(component)
+        for component in starting:
+            self._await_healthy(component)
         self._ensure_nodes()
         self._ensure_baseline()
         state_file().write_text(render_exports(self.settings()))
@@ -121,13 +128,14 @@ class Lab:
                            + "\n  ".join(clashes) + "\nChange the ranges in opslab/lab/spec.py.")
         network.ensure(net)
 
-    def _ensure_running(self, component: Component) -> None:
+    def _ensure_running(self, component: Component) -> bool:
+        """Start `component` unless it runs and is healthy; True when it was started."""
         name = component.name
         for manifest in component.prerequisites:  # every time: a reset may have removed them
             self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
         if self.supervisor.pid(name) is not None:
             if self._wait_healthy(component, limit=START_TIMEOUT):
-                return
+                return False
             self.say(f"{name} is running but unhealthy; restarting it")
             self.supervisor.stop(name)
         if component.listen and not component.command.netns:  # the lab's own namespace is ours alone
@@ -136,6 +144,10 @@ class Lab:
             self._release_node_leases()
         self.say(f"starting {name}")
         self.supervisor.start(component.command)
+        return True
+
+    def _await_healthy(self, component: Component) -> None:
+        name = component.name
         if not self._wait_healthy(component, limit=START_TIMEOUT):
             log = self.supervisor.log_path(name)
             tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-15:])

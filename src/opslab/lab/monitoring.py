@@ -210,6 +210,9 @@ def monitoring_components(spec: LabSpec, binaries: Path) -> list[Component]:
         str(binaries / "prometheus"), f"--config.file={config / 'prometheus.yml'}", f"--storage.tsdb.path={spec.paths.prometheus_data}",
         f"--storage.tsdb.retention.time={RETENTION}", f"--web.listen-address=127.0.0.1:{ports.prometheus}",
         "--web.enable-lifecycle",  # `up` reloads changed rules and configuration with POST /-/reload
+        # A stop writes the in-memory chunks out, so that the next start need not replay the whole
+        # write-ahead log (11 s after a test run's churn, against under 2 s).
+        "--enable-feature=memory-snapshot-on-shutdown",
     ]
     return [
         Component("resource-usage", module("resource-usage", "--home", str(home)), None, None,
