@@ -55,7 +55,8 @@ def main() -> None:
     time.sleep(args.settle)
     rows = [(name, pid) for name, pid, _, _ in lab.health()]
     print(f"\nwarm lab up to Ready: median {statistics.median(ups):.1f}s (min {min(ups):.1f}, max {max(ups):.1f}; goal <= 20s)")
-    print(f"reset:                median {statistics.median(resets):.1f}s (min {min(resets):.1f}, max {max(resets):.1f}; goal <= 5s)")
+    print(f"reset:                median {statistics.median(resets):.1f}s "
+          f"(min {min(resets):.1f}, max {max(resets):.1f}; goal <= 5s)")
     print(f"memory at rest after {args.settle:.0f}s:")
     for name, pid in rows:
         print(f"  {name:<24} {rss_bytes(pid) / 2**20:7.0f} MiB")

@@ -15,18 +15,18 @@ import datetime as dt
 import statistics
 import time
 
-from opslab import platform, prometheus
+from opslab import environments, prometheus, rollouts
 
 NOTIFICATION_TIMEOUT = 240
 QUERY = 'sum by (app) (rate(http_requests_total{namespace="mlops-production"}[1m]))'
 
 
 def fault_to_notification(namespace: str) -> float:
-    platform.ensure(namespace, "production")
+    environments.ensure(namespace, "production")
     # The copy's pods scraped for a while first: the error ratio needs a baseline to rise from.
     time.sleep(30)
     fault = time.time()
-    platform.set_release(namespace, "api-server", "1.5.1", wait=False)
+    rollouts.set_release(namespace, "api-server", "1.5.1", wait=False)
     while time.time() - fault < NOTIFICATION_TIMEOUT:
         received = prometheus.notifications(since=fault)
         if not received.empty and "namespace" in received:
@@ -64,12 +64,12 @@ def main() -> None:
 
     results = []
     for round_number in range(args.rounds):
-        namespace = platform.namespace_for("production", f"bench{int(time.time()) % 100000}")
+        namespace = environments.namespace_for("production", f"bench{int(time.time()) % 100000}")
         try:
             results.append(fault_to_notification(namespace))
             print(f"round {round_number + 1}: faulty release to notification at the receiver {results[-1]:.0f} s")
         finally:
-            platform.delete(namespace)
+            environments.delete(namespace)
     print(f"fault to notification: median {statistics.median(results):.0f} s over {len(results)} rounds "
           "(rule window 1m, for: 30s, scrape and evaluation every 5s, Alertmanager group_wait 1s)")
 

@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 missing=()
-# command:package — the lab's network tools, PostgreSQL, what `kubectl exec` offers in a pod, and
-# Alertmanager with its amtool.
+# command:package — the lab's network tools, PostgreSQL, what `kubectl exec` offers in a pod,
+# Alertmanager with its amtool, and Node.js with npm, which build Prometheus's web UI.
 for pair in ip:iproute2 ss:iproute2 iptables:iptables conntrack:conntrack sysctl:procps \
             runuser:util-linux curl:curl nslookup:bind9-dnsutils psql:postgresql git:git \
-            prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager; do
+            prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager \
+            node:nodejs npm:npm; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)

@@ -288,7 +288,7 @@ def test_a_certificate_is_issued_from_the_lab_ca(controller, api, namespace, lab
     assert ExtendedKeyUsageOID.SERVER_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert lifetime == dt.timedelta(hours=2160)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert cert.not_valid_before_utc <= now < cert.not_valid_after_utc
 
     as_status = lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
@@ -350,7 +350,7 @@ def test_an_expired_certificate_fails_at_the_gateway_until_the_issuer_is_fixed(
     wait_for(lambda: ready(custom(api).get_cluster_custom_object(GROUP, VERSION, "clusterissuers", issuer))
              == ("False", "ErrGetKeyPair"), timeout=WAIT, what="the issuer to be not ready")
     ca = load_key_pair(lab_ca.read_bytes(), (lab_ca.parent / "ca.key").read_bytes())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     expired = issue_server_certificate([host], None, now - dt.timedelta(days=91), now - dt.timedelta(days=1), ca)
     secret = core(api).read_namespaced_secret("web-tls", namespace)
     secret.data |= {"tls.crt": base64.b64encode(expired.cert_pem).decode(),

@@ -120,7 +120,8 @@ def test_privileged_pod_is_rejected_under_restricted_pod_security(api, namespace
         core.create_namespaced_pod(namespace, pod)
     assert rejected.value.status == 403
     assert 'violates PodSecurity "restricted:latest"' in json.loads(rejected.value.body)["message"]
-    result = cluster.kubectl("apply", "-f", "-", "-n", namespace, input=json.dumps({"apiVersion": "v1", "kind": "Pod", **pod}), check=False)
+    result = cluster.kubectl("apply", "-f", "-", "-n", namespace,
+                             input=json.dumps({"apiVersion": "v1", "kind": "Pod", **pod}), check=False)
     assert result.returncode != 0 and "privileged" in result.stderr
 
 

@@ -42,7 +42,7 @@ def test_killed_component_is_reported_and_up_restores_it_with_state(lab, api, na
 
         status = opslab("lab", "status")
         assert status.returncode != 0
-        line = next(l for l in status.stdout.splitlines() if l.startswith(name + " "))
+        line = next(row for row in status.stdout.splitlines() if row.startswith(name + " "))
         assert "DOWN" in line, status.stdout
 
         up = opslab("lab", "up")
@@ -81,7 +81,7 @@ def test_status_and_env_describe_the_running_lab(lab):
     status = opslab("lab", "status")
     assert status.returncode == 0, status.stdout + status.stderr
     for name in COMPONENTS:
-        assert any(l.startswith(name + " ") and l.rstrip().endswith("ok") for l in status.stdout.splitlines())
+        assert any(row.startswith(name + " ") and row.rstrip().endswith("ok") for row in status.stdout.splitlines())
     env = opslab("lab", "env").stdout
     assert config.parse_exports(env)["KUBECONFIG"] == str(lab.spec.paths.kubeconfig)
     assert config.state_file().read_text() == env

@@ -55,3 +55,14 @@ def test_ranges_that_overlap_the_machine_are_found(lab):
     assert network.overlaps(lab.spec.network) == []
     clash = replace(lab.spec.network, service_cidr=ipaddress.ip_network("127.0.0.0/8"))
     assert "address 127.0.0.0/8 on lo overlaps the lab's 127.0.0.0/8" in network.overlaps(clash)
+
+
+def test_prometheus_and_alertmanager_listen_on_loopback_and_the_lab_link_only(lab):
+    """Each also listens on the lab link's host address, where its Service's hand-kept
+    EndpointSlice points the Ingress gateway (and pods); nowhere else."""
+    net, ports = lab.spec.network, lab.spec.ports
+    for name, port in (("prometheus", ports.prometheus), ("alertmanager", ports.alertmanager)):
+        sockets = network.listening_sockets({lab.supervisor.pid(name)})
+        assert {(s.address, s.port) for s in sockets} == {("127.0.0.1", port), (net.host_ip, port)}, name
+    slices = json.loads(cluster.kubectl("get", "endpointslices", "-n", "monitoring", "-o", "json").stdout)["items"]
+    assert {a for s in slices for e in s["endpoints"] for a in e["addresses"]} == {net.host_ip}

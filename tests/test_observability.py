@@ -16,7 +16,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from opslab import cluster, dashboards, platform, prometheus, tables
+from opslab import cluster, dashboards, environments, prometheus, rollouts, tables
 from opslab.lab.spec import LabSpec
 from tests.waiting import wait_for
 
@@ -57,7 +57,7 @@ def test_observability_listens_on_loopback_or_the_lab_link_only(lab):
 def test_a_pod_is_an_up_target_seconds_after_running_and_drops_when_it_goes(lab, api, namespace):
     apps = kubernetes.client.AppsV1Api(api)
     labels = {"app": "scraped"}
-    container = {"name": "model-server", "image": platform.image("2.1.0", "model-server"),
+    container = {"name": "model-server", "image": rollouts.image("2.1.0", "model-server"),
                  "ports": [{"name": "http", "containerPort": 8080}],
                  "env": [{"name": "LISTEN_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}
     apps.create_namespaced_deployment(namespace, {
@@ -115,10 +115,10 @@ def test_the_cluster_as_tables(lab):
 @pytest.fixture(scope="module")
 def platform_copy(lab):
     """The production overlay in a namespace of the test's own, deleted afterwards."""
-    namespace = platform.namespace_for("production", f"obs{int(time.time()) % 100000}")
-    platform.ensure(namespace, "production")
+    namespace = environments.namespace_for("production", f"obs{int(time.time()) % 100000}")
+    environments.ensure(namespace, "production")
     yield namespace
-    platform.delete(namespace)
+    environments.delete(namespace)
 
 
 def notifications(since: float, namespace: str, status: str, alertname: str = "HighErrorRate") -> list[dict]:
@@ -132,7 +132,7 @@ def test_faulty_release_fires_the_error_rate_alert_and_rollback_resolves_it(plat
     quiet = f'ALERTS{{alertname="HighErrorRate", namespace="{namespace}"}}'
     assert prometheus.query(quiet).empty, "the error-rate alert fires before the faulty release"
     fault = time.time()
-    platform.set_release(namespace, "api-server", "1.5.1", wait=False)
+    rollouts.set_release(namespace, "api-server", "1.5.1", wait=False)
     first = wait_for(lambda: notifications(fault, namespace, "firing"), timeout=150, interval=1,
                      what="the error-rate notification")[0]
     assert first["severity"] == "P1" and first["receiver"] == "page-oncall" and first["app"] == "api-server"
@@ -160,7 +160,7 @@ def resource_metrics(lab):
 def test_kubectl_top_and_prometheus_show_a_leaking_release_growing(platform_copy, resource_metrics):
     namespace = platform_copy
     assert "lab-node-1" in cluster.kubectl("top", "nodes").stdout
-    platform.set_release(namespace, "api-server", "1.5.2")
+    rollouts.set_release(namespace, "api-server", "1.5.2")
 
     def memory() -> dict[str, int]:
         """MiB per pod; empty while metrics-server has not scraped the new pods twice yet."""

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
@@ -29,7 +29,7 @@ class JsonLog:
     def log(self, level: str, msg: str, **fields) -> None:
         if LEVELS[level] < self.threshold:
             return
-        ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         line = json.dumps({"ts": ts, "level": level, "service": self.service, "msg": msg, **fields}, default=str)
         with self._lock:
             sys.stdout.write(line + "\n")

@@ -238,9 +238,9 @@ class Postgres:
             try:
                 with psycopg.connect(self.settings.local_conninfo(OS_USER, "postgres"), connect_timeout=2):
                     return
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as error:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not accept connections within {STARTUP_TIMEOUT_SECONDS}s")
+                    raise RuntimeError(f"the server did not accept connections within {STARTUP_TIMEOUT_SECONDS}s") from error
                 time.sleep(0.1)
 
     @staticmethod

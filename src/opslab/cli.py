@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from opslab.config import ConfigError
+from opslab.config import CHECKOUT
+from opslab.errors import OpslabError
 
 
 def _lab_command(args: argparse.Namespace) -> int:
@@ -30,11 +31,25 @@ def _lab_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensure_cluster() -> None:
+    """Start the embedded lab unless the environment names a cluster or the lab is already healthy."""
+    import os
+
+    from opslab.lab.lab import Lab
+
+    if os.environ.get("KUBECONFIG"):
+        return
+    lab = Lab()
+    if not all(ok for _, _, ok, _ in lab.health()):
+        lab.up()
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from opslab import run
 
-    report, page = run.run_curriculum(args.root or run.CHECKOUT, args.modules, output=args.output,
-                                      parameters=run.parse_parameters(args.param), start_lab=not args.no_lab,
+    report, page = run.run_curriculum(args.root or CHECKOUT, args.modules, output=args.output,
+                                      parameters=run.parse_parameters(args.param),
+                                      before=None if args.no_lab else _ensure_cluster,
                                       cell_timeout=args.cell_timeout or run.CELL_TIMEOUT,
                                       notebook_timeout=args.notebook_timeout or run.NOTEBOOK_TIMEOUT)
     print(f"report: {page}")
@@ -44,7 +59,7 @@ def _run_command(args: argparse.Namespace) -> int:
 def _grade_command(args: argparse.Namespace) -> int:
     from opslab import grading
 
-    scores = grading.autograde(args.notebooks, args.student, args.module, args.root or grading.CHECKOUT)
+    scores = grading.autograde(args.notebooks, args.student, args.module, args.root or CHECKOUT)
     print(scores.to_string(index=False))
     auto = scores[~scores.needs_manual_grade]
     print(f"autograded: {auto.points.sum():g} of {auto.max_points.sum():g} points; "
@@ -55,7 +70,7 @@ def _grade_command(args: argparse.Namespace) -> int:
 def _release_command(args: argparse.Namespace) -> int:
     from opslab import grading
 
-    root = args.root or grading.CHECKOUT
+    root = args.root or CHECKOUT
     modules = args.modules or grading.assignments(root)
     if not modules:
         raise grading.GradingError(f"no modules under {root / 'source'}")
@@ -111,20 +126,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from opslab.cluster import ClusterError
-    from opslab.lab.build import BuildError
-    from opslab.lab.lab import LabError
-    from opslab.lab.network import NetworkError
-
-    errors = (LabError, BuildError, NetworkError, ClusterError, ConfigError, TimeoutError)
-    if args.command != "lab":  # the notebook tools take seconds to import: only for their commands
-        from opslab.grading import GradingError
-        from opslab.run import RunError
-
-        errors += (RunError, GradingError)
     try:
         return args.run(args)
-    except errors as error:
+    except (OpslabError, TimeoutError) as error:
         print(f"opslab: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,11 +11,15 @@ import re
 import shlex
 from pathlib import Path
 
+from opslab.errors import OpslabError
+
+# The checkout this package runs from (an editable install): source/, release/, infrastructure/.
+CHECKOUT = Path(__file__).resolve().parents[2]
 STATE_FILE_NAME = "lab.env"
 _EXPORT = re.compile(r"export ([A-Z][A-Z0-9_]*)=(.*)")
 
 
-class ConfigError(RuntimeError):
+class ConfigError(OpslabError):
     """A setting is missing or the state file cannot be read."""
 
 
@@ -23,8 +27,7 @@ def lab_home() -> Path:
     """The git-ignored folder holding the lab's state: `$OPSLAB_HOME` or `.opslab` in the checkout."""
     if os.environ.get("OPSLAB_HOME"):
         return Path(os.environ["OPSLAB_HOME"]).resolve()
-    checkout = Path(__file__).resolve().parents[2]
-    return checkout / ".opslab" if (checkout / "pyproject.toml").exists() else Path.cwd() / ".opslab"
+    return CHECKOUT / ".opslab" if (CHECKOUT / "pyproject.toml").exists() else Path.cwd() / ".opslab"
 
 
 def state_file() -> Path:

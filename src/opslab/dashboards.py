@@ -164,8 +164,10 @@ SECURITY = Dashboard(
         stat("Share of predictions refused (401)",
              f'(sum(rate(http_requests_total{{{PREDICT}, status="401"}}[5m])) or vector(0)) '
              f"/ sum(rate(http_requests_total{{{PREDICT}}}[5m]))", "percentunit"),
-        panel("Authentication failures", f"sum by (pod) (rate(auth_failures_total{{{NS}}}[1m]))", "{{pod}}",
-              unit="reqps"),
+        # Every prediction request is an authentication attempt when the API requires a key.
+        Panel("Authentication attempts and failures",
+              (Query(f'sum(rate(http_requests_total{{{PREDICT}, app="api-server"}}[1m]))', "attempts"),
+               Query(f"sum(rate(auth_failures_total{{{NS}}}[1m]))", "failures")), unit="reqps"),
         panel("Client errors by status",
               f'sum by (status) (rate(http_requests_total{{{NS}, status=~"4.."}}[1m]))', "{{status}}", unit="reqps"),
         panel("Kubernetes API requests refused (401/403)",

@@ -31,7 +31,9 @@ from nbgrader.api import Gradebook
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from opslab.run import CHECKOUT, InvalidNotebook, new_namespace_suffix, notebook_environment, read_notebook
+from opslab.config import CHECKOUT
+from opslab.errors import OpslabError
+from opslab.run import InvalidNotebook, new_namespace_suffix, notebook_environment, read_notebook
 
 COURSE_CONFIG = CHECKOUT / "autograder"
 GENERATE_TIMEOUT = 120  # s, `nbgrader generate_assignment` for one module
@@ -44,7 +46,7 @@ SCORE_COLUMNS = ["notebook", "grade_id", "points", "max_points", "needs_manual_g
 log = logging.getLogger(__name__)
 
 
-class GradingError(RuntimeError):
+class GradingError(OpslabError):
     """A module, submission or nbgrader run that cannot be graded; the message says why."""
 
 
@@ -60,10 +62,15 @@ def _check_module(module: str, root: Path) -> None:
                            f"{', '.join(assignments(root)) or 'none'}")
 
 
-def _nbgrader(*arguments: str, root: Path, gradebook: Path | None, timeout: float) -> None:
-    """One nbgrader command on the course at `root`; `gradebook` None means none is kept."""
-    command = [sys.executable, "-m", "nbgrader", *arguments, f"--CourseDirectory.root={root.resolve()}"]
-    command += [f"--CourseDirectory.db_url=sqlite:///{gradebook}"] if gradebook else ["--no-db"]
+def _course(root: Path, gradebook: Path | None) -> list[str]:
+    """nbgrader options for the course at `root`; `gradebook` None means none is kept."""
+    return [f"--CourseDirectory.root={root.resolve()}",
+            f"--CourseDirectory.db_url=sqlite:///{gradebook}" if gradebook else "--no-db"]
+
+
+def _nbgrader(*arguments: str, timeout: float) -> str:
+    """One nbgrader command, run where it finds the course's configuration; what it printed."""
+    command = [sys.executable, "-m", "nbgrader", *arguments]
     try:
         finished = subprocess.run(command, cwd=COURSE_CONFIG, env=notebook_environment(),
                                   capture_output=True, text=True, timeout=timeout)
@@ -72,12 +79,13 @@ def _nbgrader(*arguments: str, root: Path, gradebook: Path | None, timeout: floa
     if finished.returncode != 0:
         log_tail = "\n".join(finished.stderr.strip().splitlines()[-15:])
         raise GradingError(f"`nbgrader {' '.join(arguments)}` failed:\n{log_tail}")
+    return finished.stdout
 
 
 def generate_release(module: str, root: Path = CHECKOUT) -> Path:
     """Regenerate `release/<module>/` (the student version) from `source/<module>/`; returns it."""
     _check_module(module, root)
-    _nbgrader("generate_assignment", module, "--force", root=root, gradebook=None, timeout=GENERATE_TIMEOUT)
+    _nbgrader("generate_assignment", module, "--force", *_course(root, None), timeout=GENERATE_TIMEOUT)
     return root / "release" / module
 
 
@@ -102,8 +110,8 @@ def prepared_course(module: str, root: Path = CHECKOUT) -> Path:
             folder = tempfile.TemporaryDirectory(prefix=f"opslab-course-{module}-")
             course = Path(folder.name)
             shutil.copytree(root / "source" / module, course / "source" / module)
-            _nbgrader("generate_assignment", module, "--force", root=course,
-                      gradebook=course / "gradebook.db", timeout=GENERATE_TIMEOUT)
+            _nbgrader("generate_assignment", module, "--force", *_course(course, course / "gradebook.db"),
+                      timeout=GENERATE_TIMEOUT)
             _prepared[key] = folder
         return Path(_prepared[key].name)
 
@@ -188,6 +196,24 @@ def _with_parameters(path: Path, parameters: dict) -> nbformat.NotebookNode:
     return parameterize_notebook(notebook, parameters, kernel_name="python3", language="python")
 
 
+VALIDATE_TIMEOUT = 900  # s, one notebook run by `nbgrader validate`
+VALIDATE_PASSED = {False: "Success! Your notebook passes all the tests.",
+                   True: "Success! The notebook does not pass any tests."}
+
+
+def validate(notebook: Path, *, invert: bool = False, parameters: dict | None = None) -> tuple[bool, str]:
+    """What a trainee's Validate button says of `notebook`: `nbgrader validate` (with `--invert`,
+    which complains of every test that passes), run on a copy that gets the papermill
+    `parameters` (by default a `namespace_suffix` of its own). Returns whether it passed, and its
+    report."""
+    parameters = {"namespace_suffix": new_namespace_suffix(), **(parameters or {})}
+    with tempfile.TemporaryDirectory(prefix="opslab-validate-") as folder:
+        copy = Path(folder) / Path(notebook).name
+        nbformat.write(_with_parameters(Path(notebook), parameters), copy)
+        report = _nbgrader("validate", str(copy), *(["--invert"] if invert else []), timeout=VALIDATE_TIMEOUT)
+    return VALIDATE_PASSED[invert] in report, report
+
+
 def autograde(submission: Path | Iterable[Path], student_id: str, module: str, root: Path = CHECKOUT,
               parameters: dict | None = None) -> pd.DataFrame:
     """Autograde one student's notebook(s) of `module` in a course of their own.
@@ -234,7 +260,7 @@ def _grade_in_a_copy(course: Path, module: str, student_id: str,
         _nbgrader("autograde", module, f"--student={student_id}", "--force",
                   "--CourseDirectory.submitted_directory=submitted",
                   "--CourseDirectory.autograded_directory=autograded",
-                  root=own, gradebook=own / "gradebook.db", timeout=AUTOGRADE_TIMEOUT)
+                  *_course(own, own / "gradebook.db"), timeout=AUTOGRADE_TIMEOUT)
         with Gradebook(f"sqlite:///{own / 'gradebook.db'}") as gradebook:
             graded = gradebook.find_submission(module, student_id).notebooks
             return [{"notebook": f"{notebook.name}.ipynb", "grade_id": grade.name, "points": grade.score,

@@ -20,11 +20,12 @@ import pandas as pd
 import requests
 
 from opslab.config import setting
+from opslab.errors import OpslabError
 
 TIMEOUT = 10.0  # seconds for any one call
 
 
-class PrometheusError(RuntimeError):
+class PrometheusError(OpslabError):
     """A query was refused, or Prometheus (or Alertmanager, or the receiver) could not be reached."""
 
 
@@ -131,6 +132,23 @@ def targets(timeout: float = TIMEOUT) -> pd.DataFrame:
              "last_error": t["lastError"], **{k: v for k, v in t["labels"].items() if k != "job"}}
             for t in answer["activeTargets"]]
     return pd.DataFrame(rows, columns=None if rows else ["job", "scrape_url", "health", "last_error"])
+
+
+def rule_groups(kind: str = "alert", timeout: float = TIMEOUT) -> list[dict]:
+    """The rule groups Prometheus evaluates now, as its API gives them: each with its name, file
+    and rules (`kind`: "alert" or "record")."""
+    return _call("PROMETHEUS_URL", "Prometheus", "/api/v1/rules", params={"type": kind}, timeout=timeout)["data"]["groups"]
+
+
+def tsdb_status(limit: int = 10, timeout: float = TIMEOUT) -> dict:
+    """Prometheus's own figures of its head block: series per metric name, values per label, …"""
+    return _call("PROMETHEUS_URL", "Prometheus", "/api/v1/status/tsdb", params={"limit": str(limit)},
+                 timeout=timeout)["data"]
+
+
+def alertmanager_status(timeout: float = TIMEOUT) -> dict:
+    """Alertmanager's status: its version, cluster state and the configuration it runs."""
+    return _call("ALERTMANAGER_URL", "Alertmanager", "/api/v2/status", timeout=timeout)
 
 
 # --- alerts ----------------------------------------------------------------------------------------

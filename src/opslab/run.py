@@ -19,16 +19,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
 
 from opslab.config import lab_home, read_state
-from opslab.lab.lab import Lab
+from opslab.errors import OpslabError
 from opslab.report import NotebookResult, Report
 
-CHECKOUT = Path(__file__).resolve().parents[2]
 WELCOME = Path("notebooks/00-welcome.ipynb")
 MODULE_FOLDERS = "[0-9][0-9]-*"  # source/02-deployment/
 CELL_TIMEOUT = 300  # s; a notebook's own waits (rollouts, alerts) are bounded below this
@@ -41,7 +40,7 @@ PAPERMILL_CELLS = {"injected-parameters", "papermill-error-cell-tag"}  # tags of
 EXCEPTION_LINE = re.compile(r"^(?:\w+\.)*(\w+(?:Error|Exception)): ?(.*)$", re.MULTILINE)
 
 
-class RunError(RuntimeError):
+class RunError(OpslabError):
     """The run cannot start; the message says why."""
 
 
@@ -107,34 +106,28 @@ def new_namespace_suffix() -> str:
 
 def notebook_environment() -> dict[str, str]:
     """What notebooks run with: our environment, the running lab's endpoints where it names none
-    (so `!kubectl` in a cell finds the cluster too), and this environment's bin first on PATH."""
+    (so `!kubectl` in a cell finds the cluster too), and this environment's bin (kubectl) and the
+    lab's tools (promtool, etcdctl) first on PATH."""
     environment = {**read_state(), **os.environ}
-    environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
+    tools = [str(Path(sys.executable).parent), environment.get("LAB_TOOLS", ""), environment.get("PATH", "")]
+    environment["PATH"] = os.pathsep.join(filter(None, tools))
     return environment
 
 
-def ensure_cluster() -> None:
-    """Start the embedded lab unless the environment names a cluster or the lab is already healthy."""
-    if os.environ.get("KUBECONFIG"):
-        return
-    lab = Lab()
-    if not all(ok for _, _, ok, _ in lab.health()):
-        lab.up()
-
-
 def run_curriculum(root: Path, wanted: list[str], *, output: Path | None = None,
-                   parameters: dict | None = None, start_lab: bool = True,
+                   parameters: dict | None = None, before: Callable[[], None] | None = None,
                    cell_timeout: int = CELL_TIMEOUT,
                    notebook_timeout: int = NOTEBOOK_TIMEOUT) -> tuple[Report, Path]:
-    """Run the selected modules' notebooks; returns the report and the path of its HTML page."""
+    """Run the selected modules' notebooks; returns the report and the path of its HTML page.
+    `before` runs once the modules are known to exist (the command starts the lab there)."""
     root = root.resolve()
     available = curriculum(root)
     if not available:
         raise RunError(f"no notebooks under {root}: expected notebooks/00-welcome.ipynb or source/NN-name/*.ipynb")
     modules = select(available, wanted)  # before the lab starts, so a typo fails at once
-    if start_lab:
-        ensure_cluster()
-    report = Report(started=datetime.now(timezone.utc),
+    if before:
+        before()
+    report = Report(started=datetime.now(UTC),
                     parameters={"namespace_suffix": new_namespace_suffix(), **(parameters or {})})
     output = (output or lab_home() / "runs" / report.started.strftime("%Y%m%dT%H%M%SZ")).resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -147,7 +140,7 @@ def run_curriculum(root: Path, wanted: list[str], *, output: Path | None = None,
                          cell_timeout=cell_timeout, notebook_timeout=notebook_timeout)
         report.notebooks.append(result)
         print(f"{counter}: {result.status} in {result.duration_s:.1f}s{_where(result)}", flush=True)
-    report.finished = datetime.now(timezone.utc)
+    report.finished = datetime.now(UTC)
     page = report.write(output)
     print(report.summary(), flush=True)
     return report, page

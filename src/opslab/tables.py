@@ -6,36 +6,16 @@ through `opslab.cluster` (KUBECONFIG, else the running lab) and is bounded by it
 
 from __future__ import annotations
 
-import kubernetes
 import pandas as pd
-import urllib3
 
 from opslab import cluster
-
-REVISION = "deployment.kubernetes.io/revision"
-CHANGE_CAUSE = "kubernetes.io/change-cause"
-
-
-def _read(call, *args, **kwargs):
-    """One bounded read; a ClusterError naming the API server when it does not answer."""
-    try:
-        return call(*args, **kwargs, _request_timeout=cluster.REQUEST_TIMEOUT)
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        raise cluster.ClusterError(f"cannot reach the Kubernetes API server: {error}") from error
-    except kubernetes.client.ApiException as error:
-        raise cluster.ClusterError(f"the Kubernetes API server answered {error.status} {error.reason}: "
-                                   f"{(error.body or '')[:200]}") from error
-
-
-def _apis():
-    client = cluster.api_client()
-    return kubernetes.client.CoreV1Api(client), kubernetes.client.AppsV1Api(client)
+from opslab.rollouts import CHANGE_CAUSE, REVISION
 
 
 def _listing(api, namespaced: str, everywhere: str, namespace: str | None, **kwargs):
     if namespace:
-        return _read(getattr(api, namespaced), namespace, **kwargs).items
-    return _read(getattr(api, everywhere), **kwargs).items
+        return getattr(api, namespaced)(namespace, **kwargs).items
+    return getattr(api, everywhere)(**kwargs).items
 
 
 def _age(created) -> pd.Timedelta | None:
@@ -55,8 +35,7 @@ def _pod_status(pod) -> str:
 
 def pods(namespace: str | None = None, selector: str | None = None) -> pd.DataFrame:
     """A row per pod: namespace, name, ready (`2/2`), status, restarts, age, ip, node, images, app."""
-    core, _ = _apis()
-    items = _listing(core, "list_namespaced_pod", "list_pod_for_all_namespaces", namespace,
+    items = _listing(cluster.core(), "list_namespaced_pod", "list_pod_for_all_namespaces", namespace,
                      **({"label_selector": selector} if selector else {}))
     rows = []
     for pod in items:
@@ -75,9 +54,8 @@ def pods(namespace: str | None = None, selector: str | None = None) -> pd.DataFr
 
 def deployments(namespace: str | None = None) -> pd.DataFrame:
     """A row per Deployment: ready (`3/3`), up to date, available, images, revision, age."""
-    _, apps = _apis()
     rows = []
-    for deployment in _listing(apps, "list_namespaced_deployment", "list_deployment_for_all_namespaces", namespace):
+    for deployment in _listing(cluster.apps(), "list_namespaced_deployment", "list_deployment_for_all_namespaces", namespace):
         spec, status = deployment.spec, deployment.status
         rows.append({
             "namespace": deployment.metadata.namespace, "name": deployment.metadata.name,
@@ -94,8 +72,7 @@ def deployments(namespace: str | None = None) -> pd.DataFrame:
 def events(namespace: str | None = None, warnings_only: bool = False) -> pd.DataFrame:
     """A row per Event, oldest first: last seen, type, reason, object (`Pod/api-server-…`),
     message, count."""
-    core, _ = _apis()
-    items = _listing(core, "list_namespaced_event", "list_event_for_all_namespaces", namespace,
+    items = _listing(cluster.core(), "list_namespaced_event", "list_event_for_all_namespaces", namespace,
                      **({"field_selector": "type=Warning"} if warnings_only else {}))
     rows = [{
         "last_seen": pd.Timestamp(e.last_timestamp or e.event_time or e.metadata.creation_timestamp),
@@ -110,12 +87,12 @@ def events(namespace: str | None = None, warnings_only: bool = False) -> pd.Data
 def rollout_history(namespace: str, deployment: str) -> pd.DataFrame:
     """`kubectl rollout history` as a table: a row per revision still kept (a ReplicaSet of
     the Deployment), with its change-cause, images, when it was made, and which one runs now."""
-    _, apps = _apis()
-    current = _read(apps.read_namespaced_deployment, deployment, namespace)
+    apps = cluster.apps()
+    current = apps.read_namespaced_deployment(deployment, namespace)
     uid = current.metadata.uid
     running = (current.metadata.annotations or {}).get(REVISION)
     rows = []
-    for replica_set in _read(apps.list_namespaced_replica_set, namespace).items:
+    for replica_set in apps.list_namespaced_replica_set(namespace).items:
         if not any(owner.uid == uid for owner in replica_set.metadata.owner_references or []):
             continue
         annotations = replica_set.metadata.annotations or {}
@@ -128,3 +105,15 @@ def rollout_history(namespace: str, deployment: str) -> pd.DataFrame:
         })
     columns = ["revision", "change_cause", "images", "created", "replica_set", "replicas", "current"]
     return pd.DataFrame(rows, columns=columns).sort_values("revision", ignore_index=True)
+
+
+def ready_endpoints(namespace: str, service: str) -> pd.DataFrame:
+    """A row per endpoint of a Service, from its EndpointSlices: pod, address, node, ready."""
+    slices = cluster.discovery().list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={service}").items
+    rows = [{"pod": e.target_ref.name if e.target_ref else None, "address": ", ".join(e.addresses),
+             "node": e.node_name, "ready": bool(e.conditions and e.conditions.ready)}
+            for s in slices for e in s.endpoints or []]
+    columns = ["pod", "address", "node", "ready"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame[frame.ready].sort_values("pod", ignore_index=True)

@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from opslab import cli, run
+from opslab.lab import lab as lab_module
 from tests.harness.conftest import FIXTURES, SAMPLE, write_notebook
 
 
@@ -113,9 +114,9 @@ class FakeLab:
 @pytest.mark.parametrize("kubeconfig, healthy, starts",
                          [("/some/kubeconfig", False, 0), ("", True, 0), ("", False, 1)])
 def test_the_lab_starts_only_when_no_cluster_is_given_or_running(monkeypatch, kubeconfig, healthy, starts):
-    monkeypatch.setattr(run, "Lab", FakeLab)
+    monkeypatch.setattr(lab_module, "Lab", FakeLab)
     monkeypatch.setattr(FakeLab, "healthy", healthy)
     monkeypatch.setattr(FakeLab, "started", 0)
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
-    run.ensure_cluster()
+    cli._ensure_cluster()
     assert FakeLab.started == starts

@@ -100,7 +100,8 @@ def postgres():
         "--auth-local=trust", "--auth-host=scram-sha-256",
     )  # fmt: skip
     options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {base} -c fsync=off"
-    _as_postgres(_postgres_bin("pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-o", options, "-w", "-t", "30", "start")  # fmt: skip
+    _as_postgres(_postgres_bin("pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-o", options,
+                 "-w", "-t", "30", "start")
     try:
         server.psql("-c", f"CREATE ROLE mlops LOGIN PASSWORD '{server.password}'")
         server.create_database("mlops_prod")

@@ -64,6 +64,10 @@ def _resources(client: DynamicClient):
 
 def _objects(client: DynamicClient) -> dict[str, tuple[object, dict]]:
     """Every listable object that no owner keeps, by key."""
+    # The client's discovery is cached in a file shared by every process (kubernetes.dynamic's
+    # osrcp-*.json): resources of a CRD installed since it was written would be missed, and their
+    # objects neither recorded nor, at `reset`, removed (a trainee's PrometheusRule, a Certificate).
+    client.resources.invalidate_cache()
     found = {}
     for resource in _resources(client):
         try:

@@ -6,13 +6,12 @@ namespace (DESIGN: the network boundary).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 import yaml
-
-import sys
 
 from opslab.lab.build import KWOK_CRDS_FILE, KWOK_HEARTBEAT_FILE, KWOK_METRICS_FILE
 from opslab.lab.network import bridge_ip

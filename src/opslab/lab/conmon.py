@@ -18,7 +18,7 @@ import threading
 
 def _copy(stream, name: str, log, lock: threading.Lock) -> None:
     for raw in iter(stream.readline, b""):
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
         line = raw.rstrip(b"\n")
         with lock:
             log.write(f"{stamp} {name} F ".encode() + line + b"\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError

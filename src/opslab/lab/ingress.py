@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -264,7 +264,7 @@ class Gateway(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, ProxyHandler)
         self.routing = Routing()  # replaced whole by the refresher; readers never see half a table
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         # What ingress-nginx calls its fake certificate: served for any name no Ingress claims.
         default = issue_server_certificate(["ingress.local"], "Kubernetes Ingress Controller Fake Certificate",
                                            now - timedelta(minutes=5), now + timedelta(days=365), ca=None)

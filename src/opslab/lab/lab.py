@@ -6,27 +6,33 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import importlib.util
 import json
+import os
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from opslab import cluster
+from opslab import cluster, environments
 from opslab.config import ConfigError, read_state, render_exports, state_file
+from opslab.environments import INFRASTRUCTURE as PLATFORM
+from opslab.errors import OpslabError
 from opslab.lab import baseline, build, monitoring, network, pki
 from opslab.lab.certificates import ensure_lab_ca
 from opslab.lab.components import Component, components, write_configs
 from opslab.lab.podlet import pod_processes
 from opslab.lab.processes import Supervisor, rss_bytes
 from opslab.lab.spec import NODE_NAMES, LabSpec
+from opslab.waiting import NotYet, eventually
 
 MANIFESTS = Path(__file__).parent / "manifests"
-PLATFORM = Path(__file__).resolve().parents[3] / "infrastructure"
-ENVIRONMENTS = ("staging", "production")
-LAB_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease", "cert-manager",
-                  *(f"mlops-{environment}" for environment in ENVIRONMENTS)}
+TOOLS = ("promtool", "etcdctl")  # on the PATH of `opslab lab env` and of notebooks' `!` lines; amtool is Debian's
+LAB_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease", "cert-manager", "monitoring",
+                  *map(environments.home_namespace, environments.ENVIRONMENTS)}
 PLATFORM_TIMEOUT = 180
 START_TIMEOUT = 90
 READY_TIMEOUT = 60
@@ -40,7 +46,7 @@ def manifests_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-class LabError(RuntimeError):
+class LabError(OpslabError):
     """The lab cannot do what was asked; the message says why and what to do."""
 
 
@@ -61,6 +67,36 @@ def _check_port_free(address: str, port: int) -> None:
                 raise LabError(f"port {address}:{port} is taken by {_port_owner(port)}; "
                                "stop it, or run `opslab lab down` if it is an old lab.") from error
             raise
+
+
+def _changed_since_start(pid: int, argv: list[str]) -> str | None:
+    """How a running component differs from what `up` would start now: another command line (a
+    flag changed), a binary since replaced on disk (rebuilt), or, for a lab module run with
+    `python -m`, its own source file changed since it started; None when it is the same."""
+    try:
+        running = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        executable = Path(f"/proc/{pid}/exe").readlink().as_posix()
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except OSError:
+        return None  # gone meanwhile: the health check says so
+    # The program by the file it is: `python` and `python3.11` of one venv are the same command.
+    program = lambda name: os.path.realpath(shutil.which(name) or name)
+    running_argv = [part.decode(errors="replace") for part in running]
+    if running_argv[1:] != argv[1:] or program(running_argv[0]) != program(argv[0]):
+        return "an older command line"
+    if executable.endswith(" (deleted)"):
+        return "a binary since rebuilt"
+    if len(argv) > 2 and argv[1] == "-m" and argv[2].startswith("opslab.lab."):
+        spec = importlib.util.find_spec(argv[2])
+        started = _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+        if spec and spec.origin and Path(spec.origin).stat().st_mtime > started:
+            return f"older code than {Path(spec.origin).name}'s"
+    return None
+
+
+def _boot_time() -> float:
+    return float(next(line for line in Path("/proc/stat").read_text().splitlines()
+                      if line.startswith("btime ")).split()[1])
 
 
 class Lab:
@@ -97,6 +133,7 @@ class Lab:
         pki.ensure(self.spec)
         write_configs(self.spec, binaries)
         monitoring.write_configs(self.spec)
+        self._link_tools(binaries)
         starting = []
         for component in self.components():
             if component.needs_nodes:
@@ -113,6 +150,15 @@ class Lab:
         state_file().write_text(render_exports(self.settings()))
         self.say(f"lab ready in {time.monotonic() - started:.1f}s")
         self.print_status()
+
+    def _link_tools(self, binaries: Path) -> None:
+        tools = self.spec.paths.tools
+        tools.mkdir(parents=True, exist_ok=True)
+        for name in TOOLS:
+            link = tools / name
+            if not (link.is_symlink() and link.readlink() == binaries / name):
+                link.unlink(missing_ok=True)
+                link.symlink_to(binaries / name)
 
     def _check_state_file(self) -> None:
         try:
@@ -133,7 +179,11 @@ class Lab:
         name = component.name
         for manifest in component.prerequisites:  # every time: a reset may have removed them
             self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
-        if self.supervisor.pid(name) is not None:
+        pid = self.supervisor.pid(name)
+        if pid is not None and (change := _changed_since_start(pid, component.command.argv)):
+            self.say(f"{name} runs {change}; restarting it")
+            self.supervisor.stop(name)
+        elif pid is not None:
             if self._wait_healthy(component, limit=START_TIMEOUT):
                 return False
             self.say(f"{name} is running but unhealthy; restarting it")
@@ -156,22 +206,25 @@ class Lab:
             raise LabError(f"{name} {what}; the end of {log}:\n    {tail}")
 
     def _wait_healthy(self, component: Component, limit: float) -> bool:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
+        """True once the component answers healthy; False when it exited or `limit` passed."""
+        def look() -> bool:
             if self.supervisor.exited_early(component.name):
                 return False
-            if component.healthy(self.spec)[0]:
-                return True
-            time.sleep(0.2)
-        return False
+            if not component.healthy(self.spec)[0]:
+                raise NotYet(f"{component.name} is not healthy yet")
+            return True
+        try:
+            return eventually(look, limit, interval=0.2)
+        except TimeoutError:
+            return False
 
     def _kubectl(self, *args: str, **kwargs):
         return cluster.kubectl(*args, config_file=str(self.spec.paths.kubeconfig), **kwargs)
 
     def _ensure_nodes(self) -> None:
         self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(MANIFESTS / "nodes.yaml"))
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
+
+        def look() -> None:
             nodes = json.loads(self._kubectl("get", "nodes", "-o", "json").stdout)["items"]
             for node in nodes:
                 if node["metadata"]["name"] in NODE_NAMES and not node.get("status", {}).get("addresses"):
@@ -180,12 +233,9 @@ class Lab:
                      if n["spec"].get("podCIDR") and n.get("status", {}).get("addresses")
                      and any(c["type"] == "Ready" and c["status"] == "True"
                              for c in n.get("status", {}).get("conditions", []))}
-            if ready >= set(NODE_NAMES):
-                return
-            if time.monotonic() > deadline:
-                raise LabError(f"nodes not Ready with a pod range after {READY_TIMEOUT}s: "
-                               f"{sorted(set(NODE_NAMES) - ready)}")
-            time.sleep(0.2)
+            if not ready >= set(NODE_NAMES):
+                raise NotYet(f"nodes not Ready with a pod range: {sorted(set(NODE_NAMES) - ready)}")
+        eventually(look, READY_TIMEOUT, interval=0.2, error=LabError)
 
     def _release_node_leases(self) -> None:
         """A new kwok waits for a dead one's node leases to expire before it takes them over;
@@ -223,11 +273,13 @@ class Lab:
         self._kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s", timeout=70)
         self._kubectl("apply", "--server-side", "--force-conflicts", "-k", str(PLATFORM / "cluster"))
         ensure_lab_ca(str(self.spec.paths.kubeconfig), self.spec.paths.pki / "ca.crt", self.spec.paths.pki / "ca.key")
-        for environment in ENVIRONMENTS:
+        # The monitoring host's Ingress and Certificate (its Services come with Prometheus).
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(MANIFESTS / "monitoring-ingress.yaml"))
+        for environment in environments.ENVIRONMENTS:
             self._kubectl("apply", "--server-side", "--force-conflicts", "-k", str(PLATFORM / environment),
                           timeout=120)
-        for environment in ENVIRONMENTS:
-            namespace = f"mlops-{environment}"
+        for environment in environments.ENVIRONMENTS:
+            namespace = environments.home_namespace(environment)
             workloads = self._kubectl("get", "deployments,statefulsets", "-n", namespace, "-o", "name").stdout.split()
             for workload in workloads:
                 self._kubectl("rollout", "status", workload, "-n", namespace, f"--timeout={PLATFORM_TIMEOUT}s",
@@ -308,9 +360,12 @@ class Lab:
     def settings(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.spec.paths.kubeconfig), "OPSLAB_HOME": str(self.spec.paths.home),
                 "INGRESS_ADDRESS": f"127.0.0.1:{self.spec.ports.ingress}",
-                "PROMETHEUS_URL": f"http://127.0.0.1:{self.spec.ports.prometheus}",
-                "ALERTMANAGER_URL": f"http://127.0.0.1:{self.spec.ports.alertmanager}",
-                "ALERT_RECEIVER_URL": f"http://127.0.0.1:{self.spec.ports.alert_receiver}"}
+                "PROMETHEUS_URL": monitoring.prometheus_url(self.spec),
+                "ALERTMANAGER_URL": monitoring.alertmanager_url(self.spec),
+                "ALERT_RECEIVER_URL": f"http://127.0.0.1:{self.spec.ports.alert_receiver}",
+                "LAB_TOOLS": str(self.spec.paths.tools)}
 
     def env(self) -> str:
-        return render_exports(self.settings())
+        """Shell exports of the settings, and the lab's tools first on PATH."""
+        tools = shlex.quote(str(self.spec.paths.tools))
+        return render_exports(self.settings()) + f'export PATH={tools}:"$PATH"\n'

@@ -8,14 +8,32 @@ by the guide's severities to the lab's alert receiver. metrics-server serves `ku
 kwok's kubelet resource metrics, which the resource-usage publisher feeds from the pods' real
 processes.
 
-Every listener is on loopback, except metrics-server on the lab link's host address, where the
-API server reaches it (DESIGN: the network boundary); every scrape target is on loopback or
-inside the lab's ranges.
+Trainees' own alerting and recording rules are PrometheusRule objects, as with the Prometheus
+Operator: the rule controller (rule_sync.py) writes them into a rule folder of their own and
+reloads Prometheus; the lab's rules stay files (rules/).
+
+Prometheus and Alertmanager answer where the platform's guide has them, behind the Ingress
+gateway: https://monitoring.mlops-platform.com/prometheus and /alertmanager, with their web UIs
+(build.py compiles Prometheus's in, and unpacks Alertmanager's, which Debian's package leaves
+out). Each runs under that path (its --web.external-url; the route prefix follows), directly on
+loopback too: PROMETHEUS_URL and ALERTMANAGER_URL carry the prefix. The gateway proxies only to
+a Service's EndpointSlice endpoints, and the API server refuses loopback endpoint addresses, so
+each also listens on the lab link's host address, 10.243.255.1, the address a selector-less
+Service in namespace `monitoring` points at with a hand-kept EndpointSlice
+(manifests/monitoring-access.yaml), as metrics-server's does: the address is the host's own end
+of the lab's veth, reachable from the host and from inside the lab's namespaces only, never from
+the machine's network. The Ingress and its Certificate, issued by the lab's ClusterIssuer, are
+manifests/monitoring-ingress.yaml.
+
+Every listener is on loopback or on the lab link's host address (metrics-server, which the API
+server reaches there, Prometheus and Alertmanager) (DESIGN: the network boundary); every scrape
+target is on loopback or inside the lab's ranges.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +41,7 @@ from pathlib import Path
 import requests
 import yaml
 
+from opslab.lab import build
 from opslab.lab.build import BuildError
 from opslab.lab.components import MANIFESTS, Component
 from opslab.lab.network import bridge_ip
@@ -30,12 +49,16 @@ from opslab.lab.processes import Command
 from opslab.lab.spec import LabSpec
 
 RULES = Path(__file__).parent / "rules"
+# Where the platform's guide has them: behind the Ingress gateway, each under its own path.
+MONITORING_HOST = "monitoring.mlops-platform.com"
+PROMETHEUS_PATH = "/prometheus"
+ALERTMANAGER_PATH = "/alertmanager"
 SCRAPE_INTERVAL = "5s"  # the platform's: a lesson sees a change within seconds
 CONTROL_PLANE_INTERVAL = "15s"
 RETENTION = "2d"
 RELOAD_TIMEOUT = 10
 # Debian's package (scripts/setup.sh installs it).
-ALERTMANAGER = "prometheus-alertmanager"
+ALERTMANAGER = build.ALERTMANAGER
 # The guide's severities, each routed to where such an alert would go, re-sent as often as its
 # response time asks (P0 5 min, P1 15 min, P2 2 h, P3 next business day).
 ROUTES = {
@@ -44,6 +67,22 @@ ROUTES = {
     "P2": ("ticket-platform-team", "5s", "2h"),
     "P3": ("digest-platform-team", "10s", "24h"),
 }
+
+
+# --- where they answer ---------------------------------------------------------------------------
+def prometheus_url(spec: LabSpec) -> str:
+    """Prometheus on loopback, route prefix included: PROMETHEUS_URL."""
+    return f"http://127.0.0.1:{spec.ports.prometheus}{PROMETHEUS_PATH}"
+
+
+def alertmanager_url(spec: LabSpec) -> str:
+    """Alertmanager on loopback, route prefix included: ALERTMANAGER_URL."""
+    return f"http://127.0.0.1:{spec.ports.alertmanager}{ALERTMANAGER_PATH}"
+
+
+def external_url(spec: LabSpec, path: str) -> str:
+    """The URL a browser uses, through the Ingress gateway; what the UIs' links and alerts' links name."""
+    return f"https://{MONITORING_HOST}:{spec.ports.ingress}{path}"
 
 
 # --- Prometheus -------------------------------------------------------------------------------
@@ -71,11 +110,13 @@ def prometheus_config(spec: LabSpec) -> dict:
     loopback = lambda port: f"127.0.0.1:{port}"
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": "4s", "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": [str(spec.paths.config / "rules" / "*.yaml")],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [loopback(ports.alertmanager)]}]}]},
+        # The lab's own rules, then trainees' PrometheusRules (rule_sync.py keeps that folder).
+        "rule_files": [str(spec.paths.config / "rules" / "*.yaml"), str(spec.paths.prometheus_rules / "*.yaml")],
+        "alerting": {"alertmanagers": [{"path_prefix": ALERTMANAGER_PATH,
+                                        "static_configs": [{"targets": [loopback(ports.alertmanager)]}]}]},
         "scrape_configs": [
-            _static("prometheus", loopback(ports.prometheus)),
-            _static("alertmanager", loopback(ports.alertmanager)),
+            _static("prometheus", loopback(ports.prometheus), metrics_path=f"{PROMETHEUS_PATH}/metrics"),
+            _static("alertmanager", loopback(ports.alertmanager), metrics_path=f"{ALERTMANAGER_PATH}/metrics"),
             # The control plane, each where components.py has it listen.
             _control_plane("apiserver", f"{net.host_ip}:{ports.apiserver}", scheme="https", tls_config=identity),
             _control_plane("etcd", "127.0.0.1:2381"),
@@ -155,6 +196,7 @@ def write_configs(spec: LabSpec) -> None:
         raise BuildError(f"{ALERTMANAGER} is not installed: run scripts/setup.sh (Debian's package of that name).")
     config = spec.paths.config
     (config / "rules").mkdir(parents=True, exist_ok=True)
+    spec.paths.prometheus_rules.mkdir(parents=True, exist_ok=True)
     prometheus = {config / "prometheus.yml": yaml.safe_dump(prometheus_config(spec), sort_keys=False),
                   **{config / "rules" / source.name: source.read_text() for source in RULES.glob("*.yaml")}}
     alertmanager = {config / "alertmanager.yml": yaml.safe_dump(alertmanager_config(spec), sort_keys=False)}
@@ -163,14 +205,24 @@ def write_configs(spec: LabSpec) -> None:
     changed = {path for path, text in files.items() if not path.exists() or path.read_text() != text}
     for path in changed:
         path.write_text(files[path])
-    reloads = {f"http://127.0.0.1:{spec.ports.prometheus}/-/reload": changed & prometheus.keys(),
-               f"http://127.0.0.1:{spec.ports.alertmanager}/-/reload": changed & alertmanager.keys()}
+    reloads = {f"{prometheus_url(spec)}/-/reload": changed & prometheus.keys(),
+               f"{alertmanager_url(spec)}/-/reload": changed & alertmanager.keys()}
     for url, paths in reloads.items():
         if paths:
             try:
                 requests.post(url, timeout=RELOAD_TIMEOUT)
             except requests.ConnectionError:
                 pass  # not running: it reads the new files when it starts
+
+
+@functools.cache
+def alertmanager_ui_path() -> Path | None:
+    """Alertmanager's web UI as `opslab lab build` unpacked it; None before (Debian's placeholder)."""
+    try:
+        folder = build.cache_root() / "alertmanager-ui" / build.alertmanager_version(ALERTMANAGER)
+    except (BuildError, OSError):
+        return None
+    return folder if (folder / "index.html").exists() else None
 
 
 # --- the components ---------------------------------------------------------------------------
@@ -181,6 +233,11 @@ def monitoring_components(spec: LabSpec, binaries: Path) -> list[Component]:
     module = lambda name, *args: Command(name, [sys.executable, "-m", f"opslab.lab.{name.replace('-', '_')}", *args])
     loopback = lambda port: ("127.0.0.1", port)
     rbac = (MANIFESTS / "monitoring.yaml",)
+    access = (MANIFESTS / "monitoring-access.yaml",)
+    rule_sync = [
+        "--kubeconfig", str(spec.paths.kubeconfig), "--rules-dir", str(spec.paths.prometheus_rules),
+        "--promtool", str(binaries / "promtool"), "--prometheus-url", prometheus_url(spec),
+    ]
 
     kube_state_metrics = [
         str(binaries / "kube-state-metrics"), f"--kubeconfig={config / 'kube-state-metrics.kubeconfig'}",
@@ -201,15 +258,23 @@ def monitoring_components(spec: LabSpec, binaries: Path) -> list[Component]:
         f"--kubelet-certificate-authority={pki / 'ca.crt'}",
         "--metric-resolution=15s",
     ]
+    # Each on loopback, and on the lab link's host address for the Ingress gateway (see above).
+    ui_path = alertmanager_ui_path()
     alertmanager = [
         ALERTMANAGER, f"--config.file={config / 'alertmanager.yml'}", f"--storage.path={spec.paths.alertmanager_data}",
-        f"--web.listen-address=127.0.0.1:{ports.alertmanager}",
+        f"--web.listen-address=127.0.0.1:{ports.alertmanager}", f"--web.listen-address={host}:{ports.alertmanager}",
+        f"--web.external-url={external_url(spec, ALERTMANAGER_PATH)}",
+        *([f"--web.ui-path={ui_path}/"] if ui_path else []),
         "--cluster.listen-address=",  # one instance: no gossip port, which would listen on a wildcard
     ]
     prometheus = [
-        str(binaries / "prometheus"), f"--config.file={config / 'prometheus.yml'}", f"--storage.tsdb.path={spec.paths.prometheus_data}",
-        f"--storage.tsdb.retention.time={RETENTION}", f"--web.listen-address=127.0.0.1:{ports.prometheus}",
-        "--web.enable-lifecycle",  # `up` reloads changed rules and configuration with POST /-/reload
+        str(binaries / "prometheus"), f"--config.file={config / 'prometheus.yml'}",
+        f"--storage.tsdb.path={spec.paths.prometheus_data}", f"--storage.tsdb.retention.time={RETENTION}",
+        f"--web.listen-address=127.0.0.1:{ports.prometheus}", f"--web.listen-address={host}:{ports.prometheus}",
+        f"--web.external-url={external_url(spec, PROMETHEUS_PATH)}",
+        # `up` reloads changed rules and configuration with POST /-/reload; so does the rule
+        # controller when a PrometheusRule changes.
+        "--web.enable-lifecycle",
         # A stop writes the in-memory chunks out, so that the next start need not replay the whole
         # write-ahead log (11 s after a test run's churn, against under 2 s).
         "--enable-feature=memory-snapshot-on-shutdown",
@@ -230,7 +295,9 @@ def monitoring_components(spec: LabSpec, binaries: Path) -> list[Component]:
                                            "--store", str(spec.paths.notifications)),
                   loopback(ports.alert_receiver), f"http://127.0.0.1:{ports.alert_receiver}/healthz"),
         Component("alertmanager", Command("alertmanager", alertmanager), loopback(ports.alertmanager),
-                  f"http://127.0.0.1:{ports.alertmanager}/-/ready"),
+                  f"{alertmanager_url(spec)}/-/ready", prerequisites=access),
         Component("prometheus", Command("prometheus", prometheus), loopback(ports.prometheus),
-                  f"http://127.0.0.1:{ports.prometheus}/-/ready"),
+                  f"{prometheus_url(spec)}/-/ready", prerequisites=access),
+        Component("rule-sync", module("rule-sync", *rule_sync), None, None,
+                  prerequisites=(MANIFESTS / "prometheusrule-crd.yaml",)),
     ]

@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from opslab.errors import OpslabError
 from opslab.lab.spec import Network
 
 POD_NAMESPACE_PREFIX = "opslab-pod-"
@@ -20,7 +21,7 @@ NETNS_CONFIG = Path("/etc/netns")  # `ip netns exec` binds these files over /etc
 TIMEOUT = 10
 
 
-class NetworkError(RuntimeError):
+class NetworkError(OpslabError):
     """The lab's network cannot be laid out or is outside its boundary."""
 
 
@@ -152,9 +153,15 @@ def boundary_violations(net: Network, pids: set[int], cluster_addresses: list[st
     found = [f"pid {s.pid} listens on {s.address}:{s.port}"
              for s in listening_sockets(pids) if not inside(s.address)]
     for ns in lab_namespaces(net):
+        try:
+            sockets, routes = listening_sockets(netns=ns), _json("route", "show", "table", "all", netns=ns)
+        except (subprocess.CalledProcessError, NetworkError):
+            if ns not in namespaces():
+                continue  # a pod's namespace, gone with its pod while we looked
+            raise
         found += [f"pid {s.pid} listens on {s.address}:{s.port} in namespace {ns}"
-                  for s in listening_sockets(netns=ns) if not inside(s.address)]
-        for route in _json("route", "show", "table", "all", netns=ns):
+                  for s in sockets if not inside(s.address)]
+        for route in routes:
             dst = route.get("dst", "")
             if dst == "default" or ":" in dst:
                 found.append(f"namespace {ns} has a route to {dst}")

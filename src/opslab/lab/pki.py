@@ -56,7 +56,7 @@ def _make_ca(pki: Path, name: str, common_name: str) -> None:
         return
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -91,7 +91,7 @@ def _issue(pki: Path, identity: Identity) -> None:
     subject.append(x509.NameAttribute(NameOID.COMMON_NAME, identity.user))
     usages = [ExtendedKeyUsageOID.SERVER_AUTH] if identity.hosts else []
     usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name(subject))

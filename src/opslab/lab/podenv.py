@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Callable
+from collections.abc import Callable
 
 _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)|\$\$")
 

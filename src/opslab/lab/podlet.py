@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import json
 import shlex
 import shutil
 import socket
@@ -32,7 +31,6 @@ import requests
 from kubernetes.dynamic.exceptions import ApiException, ConflictError, NotFoundError
 
 from mlops_platform.logs import JsonLog
-
 from opslab import cluster
 from opslab.lab import podenv, podnet, runtimes
 from opslab.lab.network import POD_NAMESPACE_PREFIX, namespaces
@@ -56,7 +54,7 @@ log = JsonLog("podlet")  # the lab's components share the platform's JSON log li
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -70,7 +68,7 @@ class ContainerState:
     last_terminated: dict | None = None
     finished: dict | None = None  # final termination, when the restart policy says no more
     backoff_until: float = 0.0
-    probes: dict[str, "ProbeState"] = field(default_factory=dict)
+    probes: dict[str, ProbeState] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,9 +174,7 @@ class Podlet:
 
     def _list(self, path: str) -> list[dict]:
         """A list as plain JSON: four times a second, the client's object wrapping costs a core."""
-        response, _, _ = self.client.client.call_api(path, "GET", _preload_content=False,
-                                                     _request_timeout=TIMEOUT)
-        return json.loads(response.data)["items"]
+        return self.client.client.get_json(path, timeout=TIMEOUT)["items"]
 
     def _collect_orphans(self, live: set[str]) -> None:
         """Processes and namespaces of pods that no longer exist, left by an earlier podlet,

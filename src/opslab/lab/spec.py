@@ -88,6 +88,11 @@ class Paths:
         return self.home / "config"
 
     @property
+    def tools(self) -> Path:
+        """The lab's command-line tools (promtool, etcdctl), linked here for the PATH `lab env` exports."""
+        return self.home / "tools"
+
+    @property
     def kubeconfig(self) -> Path:
         return self.home / "kubeconfig"
 
@@ -102,6 +107,11 @@ class Paths:
     @property
     def prometheus_data(self) -> Path:
         return self.home / "prometheus"
+
+    @property
+    def prometheus_rules(self) -> Path:
+        """Trainees' PrometheusRules as rule files, one per object (rule_sync.py keeps it)."""
+        return self.config / "prometheus-rules"
 
     @property
     def alertmanager_data(self) -> Path:
@@ -125,7 +135,7 @@ class LabSpec:
     ports: Ports = Ports()
 
     @classmethod
-    def default(cls) -> "LabSpec":
+    def default(cls) -> LabSpec:
         return cls(paths=Paths(lab_home()))
 
     @property
