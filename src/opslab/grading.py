@@ -196,7 +196,7 @@ def _with_parameters(path: Path, parameters: dict) -> nbformat.NotebookNode:
     return parameterize_notebook(notebook, parameters, kernel_name="python3", language="python")
 
 
-VALIDATE_TIMEOUT = 900  # s, one notebook run by `nbgrader validate`
+VALIDATE_TIMEOUT = AUTOGRADE_TIMEOUT  # s, one notebook run by `nbgrader validate`, bounded like a grading
 VALIDATE_PASSED = {False: "Success! Your notebook passes all the tests.",
                    True: "Success! The notebook does not pass any tests."}
 
