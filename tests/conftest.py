@@ -29,11 +29,21 @@ def api(lab) -> kubernetes.client.ApiClient:
     return cluster.api_client()
 
 
-@pytest.fixture
-def namespace(api):
-    """A namespace of the test's own, deleted afterwards."""
+def _namespace_of_its_own(api):
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = kubernetes.client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(api):
+    """A namespace of the test's own, deleted afterwards."""
+    yield from _namespace_of_its_own(api)
+
+
+@pytest.fixture
+def other_namespace(api):
+    """A second namespace of the test's own, for tests that two namespaces keep apart."""
+    yield from _namespace_of_its_own(api)

@@ -12,7 +12,6 @@ import socket
 import ssl
 import statistics
 import time
-import uuid
 
 import kubernetes
 import pytest
@@ -71,15 +70,6 @@ def in_alertmanager(namespace: str, alertname: str) -> list[dict]:
     answer = requests.get(f"{setting('ALERTMANAGER_URL')}/api/v2/alerts", params={"filter": filters}, timeout=10)
     answer.raise_for_status()
     return answer.json()
-
-
-@pytest.fixture
-def other_namespace(api):
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
 
 
 # --- PrometheusRules ----------------------------------------------------------------------------

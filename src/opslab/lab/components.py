@@ -1,7 +1,7 @@
 """The lab's components: how each is started and how its health is read.
 
 Every listener is on loopback, on the host end of the lab link, or inside the lab's node
-namespace (DESIGN: the network boundary).
+namespace (README: "The network boundary").
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ TLS with SNI: a host's certificate is the one in its Ingress's `spec.tls[].secre
 re-read within a second or two of a change, so a renewed or an expired certificate is exactly what
 clients see; an unknown name gets a self-signed default. Requests are routed by Host and path to
 the Ingress's backend Service and proxied to one of its ready endpoints from the EndpointSlices,
-round-robin, not through the ClusterIP. It listens on loopback only (DESIGN: the network boundary).
+round-robin, not through the ClusterIP. It listens on loopback only (README: "The network boundary").
 
 The routing table is rebuilt from the API once a second; while the API server is away, the last
 table keeps serving.
@@ -432,7 +432,7 @@ def loopback_address(text: str) -> tuple[str, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not ADDRESS:PORT with a literal IP address") from None
     if not address.is_loopback:
-        raise argparse.ArgumentTypeError(f"{text!r}: the gateway listens on loopback only (DESIGN: the network boundary)")
+        raise argparse.ArgumentTypeError(f"{text!r}: the gateway listens on loopback only (README: The network boundary)")
     return str(address), int(port)
 
 

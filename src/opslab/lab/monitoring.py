@@ -26,7 +26,7 @@ the machine's network. The Ingress and its Certificate, issued by the lab's Clus
 manifests/monitoring-ingress.yaml.
 
 Every listener is on loopback or on the lab link's host address (metrics-server, which the API
-server reaches there, Prometheus and Alertmanager) (DESIGN: the network boundary); every scrape
+server reaches there, Prometheus and Alertmanager) (README: "The network boundary"); every scrape
 target is on loopback or inside the lab's ranges.
 """
 

@@ -1,6 +1,6 @@
 """Every address, port and path the lab uses, in one place.
 
-The ranges live only inside network namespaces the lab creates (DESIGN: the network boundary):
+The ranges live only inside network namespaces the lab creates (README: "The network boundary"):
 the host reaches them through one veth pair into the lab's node namespace.
 """
 
